@@ -1,0 +1,19 @@
+/* The clock seam: the one place that reads time. Code above base/ asks
+ * clock_now_ns(); tests may install a fake. The consensus core never reads
+ * it: it is driven by tick() from the replica driver. */
+#ifndef PAXFS_BASE_CLOCK_H
+#define PAXFS_BASE_CLOCK_H
+
+#include <stdint.h>
+
+typedef uint64_t (*clock_fn)(void *ctx);
+
+/* Monotonic nanoseconds (CLOCK_MONOTONIC unless a fake is installed). */
+uint64_t clock_now_ns(void);
+/* Wall-clock nanoseconds since the epoch, for timestamps that land in the
+ * replicated state (read by the proposer, never during apply). */
+uint64_t clock_wall_ns(void);
+/* Installs a fake monotonic clock; NULL restores the real one. */
+void clock_set_fake(clock_fn fn, void *ctx);
+
+#endif
