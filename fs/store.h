@@ -1,0 +1,234 @@
+/* The block store: a replica's file data as content-addressed blocks.
+ *
+ * A block is at most block_size plain bytes (a cluster setting recorded in
+ * ROOT/FORMAT at the first open). Callers split a file into blocks at aligned
+ * offsets; the last block may be shorter, and a hole is an absent block
+ * (store_is_zero() tells a caller which blocks to skip, STORE_NAME_NONE is
+ * the name a block map uses for "no block"). A block is named by the SHA-256
+ * of its plain bytes and stored zstd-compressed, or raw where compression
+ * saves less than 1/64 of its size.
+ *
+ * On disk, under ROOT:
+ *
+ *   FORMAT                 "paxfs-store\nformat=1\nblock_size=N\n"
+ *   LOCK                   flock()ed by the one store_open() that owns ROOT
+ *   blocks/ab/abcd...(64)  one block file per name, sharded by its first byte
+ *   tmp/                   temp files of puts in flight; emptied at open
+ *   corrupt/               block files that failed verification, moved aside
+ *
+ * A block file is a 20-byte header then the payload (all little-endian):
+ *
+ *   0  magic "PXBK"        8  plain_len  u32 (1 .. STORE_BLOCK_SIZE_MAX)
+ *   4  version u8 (1)     12  stored_len u32 (raw: == plain_len,
+ *   5  encoding u8                            zstd: < plain_len)
+ *      (0 raw, 1 zstd)    16  CRC32C of bytes 0..15
+ *   6  flags u16 (0)      20  payload: stored_len bytes, file ends there
+ *
+ * Invariants:
+ *  1. A file appears under its name only complete: it is written to tmp/,
+ *     fdatasync()ed, renamed into its shard and the shard dir fsync()ed.
+ *     A file under a name is immutable; only GC and quarantine remove it.
+ *  2. Nothing reaches a caller (data, the cache, a peer) unless its header,
+ *     lengths, zstd frame and SHA-256 all check. A block file that fails is
+ *     -EBADMSG and is moved to corrupt/, so that the caller's repair (fetch
+ *     from a peer, then store_put/store_put_encoded) can write it afresh:
+ *     dedup trusts the existence of a file, never its bytes.
+ *  3. Reference counts live only in memory: the filesystem state machine
+ *     re-derives them from its block maps at start-up (store_ref for every
+ *     block it references). They are never persisted.
+ *  4. GC unlinks a block file only while holding the lock that a put's
+ *     dedup-lookup-and-ref and write-and-ref also hold, and only if the
+ *     name has no reference and no put writing it. A block that a put has
+ *     referenced is therefore never unlinked, and a crash mid-GC loses only
+ *     unreferenced blocks.
+ *
+ * All functions are thread-safe (FUSE calls them from many threads), except
+ * store_open/store_close.
+ *
+ * Fault-injection points (base/fault.h) on the put path: "store.write",
+ * "store.fsync" (the temp file), "store.rename", "store.fsync_dir". */
+#ifndef PAXFS_FS_STORE_H
+#define PAXFS_FS_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Chosen by tools/bench_store.c (see the comment in store.c near the
+ * defaults for the measurements and the reasoning). */
+#define STORE_BLOCK_SIZE_DEFAULT (256u * 1024u)
+#define STORE_ZSTD_LEVEL_DEFAULT 1
+#define STORE_CACHE_BYTES_DEFAULT ((size_t)64 * 1024 * 1024)
+/* A block size is a power of two in [MIN, MAX]. */
+#define STORE_BLOCK_SIZE_MIN (4u * 1024u)
+#define STORE_BLOCK_SIZE_MAX (16u * 1024u * 1024u)
+
+#define STORE_FORMAT_VERSION 1
+#define STORE_HDR_LEN 20
+#define STORE_NAME_LEN 32
+#define STORE_NAME_HEX_LEN 64
+
+struct store_name {
+    uint8_t b[STORE_NAME_LEN];
+};
+
+/* "No block": all zero bytes, which no SHA-256 output is in practice. */
+#define STORE_NAME_NONE ((struct store_name){{0}})
+
+bool store_name_is_none(const struct store_name *n);
+bool store_name_eq(const struct store_name *a, const struct store_name *b);
+/* Lowercase hex, NUL-terminated. */
+void store_name_hex(const struct store_name *n, char out[STORE_NAME_HEX_LEN + 1]);
+/* Parses exactly 64 lowercase hex digits (the form store_name_hex writes and
+ * block files are named by); anything else is -EINVAL. */
+int store_name_parse(const char *hex, size_t len, struct store_name *out);
+/* The SHA-256 of p[0..n). -ENOMEM or -EIO if OpenSSL fails. */
+int store_name_of(const void *p, size_t n, struct store_name *out);
+
+/* True if p[0..n) is all zero bytes: such a block is a hole, not stored. */
+bool store_is_zero(const void *p, size_t n);
+
+/* ---- the block-file codec (pure; the decoder is a fuzz target) ---- */
+
+enum store_encoding { STORE_ENC_RAW = 0, STORE_ENC_ZSTD = 1 };
+
+struct store_block_hdr {
+    enum store_encoding encoding;
+    uint32_t plain_len;
+    uint32_t stored_len;
+};
+
+/* Largest block file for a block size: a header plus the plain bytes (a
+ * block never stores zstd bigger than raw). */
+static inline size_t store_file_max(uint32_t block_size)
+{
+    return STORE_HDR_LEN + (size_t)block_size;
+}
+
+/* Checks the header of a whole block file file[0..len): CRC, magic,
+ * version, encoding, flags, lengths, and that the file is exactly
+ * header + stored_len bytes. -EBADMSG if anything is off. */
+int store_block_hdr_decode(const void *file, size_t len, struct store_block_hdr *out);
+
+/* Decodes a whole block file into out[0..cap): header, then the zstd frame
+ * (exactly one frame of exactly plain_len bytes) or the raw payload, then,
+ * if name is not NULL, the SHA-256 of the plain bytes against name.
+ * -EBADMSG for any bad byte, -ENOBUFS if plain_len > cap. On error, out's
+ * bytes are unspecified and *out_len is not written. Allocates a zstd
+ * context per call: for tools and the fuzzer; the store pools its own. */
+int store_block_decode(const void *file, size_t len, const struct store_name *name,
+                       void *out, size_t cap, size_t *out_len);
+
+/* ---- the store ---- */
+
+struct store_config {
+    const char *root;     /* created if missing; its parent must exist */
+    uint32_t block_size;  /* 0: the one in ROOT/FORMAT, or the default for a
+                             new store; else must match ROOT/FORMAT */
+    int zstd_level;       /* a per-node setting, not recorded on disk (any
+                             level reads any block); 0 is zstd's default */
+    size_t cache_bytes;   /* LRU of verified plain blocks; 0 disables it */
+    uint32_t node_id;     /* for log lines only */
+};
+
+/* Fills the defaults for root. */
+void store_config_init(struct store_config *cfg, const char *root);
+
+struct store_stats {
+    uint64_t puts;             /* successful store_put + store_put_encoded */
+    uint64_t dedup_hits;       /* of those, the block already existed */
+    uint64_t writes;           /* of those, a block file was written */
+    uint64_t bytes_plain;      /* plain bytes of the blocks written */
+    uint64_t bytes_stored;     /* file bytes (header + payload) written */
+    uint64_t gets;             /* store_get calls that returned data */
+    uint64_t cache_hits;
+    uint64_t cache_misses;
+    uint64_t corrupt_detected; /* block files that failed verification */
+    uint64_t gc_freed;         /* block files unlinked by store_gc */
+};
+
+struct store;
+
+/* Opens (creating if needed) the store at cfg->root: takes ROOT/LOCK
+ * (-EBUSY if another store_open holds it, in this process or another),
+ * creates the directories, writes or checks ROOT/FORMAT and removes every
+ * file left in ROOT/tmp by a crash. A FORMAT of another format version is
+ * -EPROTO (this code does not know how to read it), a block size other than
+ * a non-zero cfg->block_size is -EINVAL (the block maps of the replicated
+ * state were cut at the recorded size), an unreadable FORMAT is -EBADMSG.
+ * Bad settings are -EINVAL. *out is written only on success. */
+int store_open(const struct store_config *cfg, struct store **out);
+/* No call may be in flight. NULL is a no-op. */
+void store_close(struct store *s);
+
+uint32_t store_block_size(const struct store *s);
+
+/* Stores data[0..len) (1 <= len <= block_size) as a block, writes its name
+ * to *out_name and adds exactly one reference to it, which the caller keeps
+ * (in a block map) or drops with store_unref. If the block is already on
+ * disk this costs a stat, not a write (a dedup hit). On return 0 the block
+ * is durable under its name. On error no reference is added and no partial
+ * file is visible under the name. -EINVAL for a bad len, -EIO/-ENOSPC/...
+ * from the disk. */
+int store_put(struct store *s, const void *data, size_t len, struct store_name *out_name);
+
+/* Stores a block file file[0..len) received from a peer (as store_get_encoded
+ * produced it) under name, adding one reference, like store_put. When the
+ * block is new, the bytes are fully verified first (header, decompression,
+ * SHA-256 against name; -EBADMSG if they fail): verifying costs less than
+ * the fsync that follows, and a bad file must never be stored under a name,
+ * since dedup trusts existence. On a dedup hit the bytes are not used and not
+ * verified. The file is stored as received, not re-encoded. */
+int store_put_encoded(struct store *s, const struct store_name *name,
+                      const void *file, size_t len);
+
+/* Reads the block called name into out[0..cap) and its length into *len.
+ * -ENOENT: no such block. -EBADMSG: the file failed verification (it is
+ * moved to ROOT/corrupt/; a second get returns -ENOENT). Both mean "fetch it
+ * from a peer". -ENOBUFS if the block is longer than cap. Served from the
+ * LRU cache when there; only verified blocks enter the cache. */
+int store_get(struct store *s, const struct store_name *name, void *out, size_t cap,
+              size_t *len);
+
+/* Reads the block file of name as stored (header + payload) for shipping to
+ * a peer, after verifying it exactly as store_get does (same errors, same
+ * quarantine). cap >= store_file_max(block_size) always suffices. */
+int store_get_encoded(struct store *s, const struct store_name *name, void *out,
+                      size_t cap, size_t *len);
+
+/* Verifies the block file of name from disk, bypassing the cache: 0,
+ * -ENOENT or -EBADMSG. Reports only: moves nothing (for fsck). */
+int store_verify(struct store *s, const struct store_name *name);
+
+/* 1 if a block file exists under name, 0 if not, or a negative errno. */
+int store_has(struct store *s, const struct store_name *name);
+
+/* Calls fn for every block file on disk (in no particular order); a non-zero
+ * return from fn stops the walk and is returned. Files that are not named by
+ * a well-formed name in their right shard are skipped. Blocks put or
+ * collected during the walk may or may not be listed. */
+typedef int (*store_list_fn)(void *ctx, const struct store_name *name);
+int store_list(struct store *s, store_list_fn fn, void *ctx);
+
+/* Reference counts (in memory only, see invariant 3). store_ref counts; it
+ * does not check that the block exists (at start-up the state machine may
+ * reference blocks that must still be fetched): a caller that needs the
+ * block present uses store_put. store_unref of a name with no reference is
+ * -ENOENT and changes nothing. */
+void store_ref(struct store *s, const struct store_name *name);
+int store_unref(struct store *s, const struct store_name *name);
+uint64_t store_refcount(struct store *s, const struct store_name *name);
+
+/* Unlinks every block file on disk whose reference count is 0 (including
+ * names never referenced since open) and that no put is writing, and drops
+ * them from the cache; *freed (may be NULL) gets the count. Call it only
+ * after the state machine has re-referenced every block it uses: before
+ * that, every block is unreferenced and would go. Concurrent puts, refs and
+ * unrefs are safe (invariant 4). */
+int store_gc(struct store *s, uint64_t *freed);
+
+void store_get_stats(struct store *s, struct store_stats *out);
+/* Empties the LRU cache (benchmarks, tests). */
+void store_cache_drop(struct store *s);
+
+#endif
