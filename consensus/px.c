@@ -335,7 +335,7 @@ void px_config_defaults(struct px_config *c, uint32_t id, uint32_t n_nodes)
     c->session = 1;
     c->ticks_heartbeat = 1;
     c->ticks_election = 10;
-    c->window = 64;
+    c->window = 32;
     c->batch_count_max = 4096;
     c->batch_bytes_max = 4u << 20;
     c->pending_max = PX_SESSION_WINDOW;
@@ -741,10 +741,13 @@ static void on_prepare(struct px_node *n, const struct px_msg *m)
         return;
     }
     uint64_t from = MAX(m->slot, n->log_first);
-    size_t count = 0;
-    for (uint64_t s = from; s < n->log_end; s++)
-        count += rec_get(n, s)->value != NULL;
-    if (count > PX_MSG_ENTRIES_MAX) {
+    size_t count = 0, bytes = 0;
+    for (uint64_t s = from; s < n->log_end; s++) {
+        struct slot_rec *rr = rec_get(n, s);
+        count += rr->value != NULL;
+        bytes += rr->value ? rr->value->len : 0;
+    }
+    if (count > PX_MSG_ENTRIES_MAX || bytes > PX_MSG_PROMISE_BYTES_MAX) {
         /* Cutting the report short would hide accepted values from the
          * candidate (unsafe); a candidate this far behind must catch up. */
         reject(n, m, PX_REJECT_BEHIND);
@@ -858,6 +861,16 @@ static void on_fetch(struct px_node *n, const struct px_msg *m)
     uint64_t last = n->commit;
     if (last >= first && last - first >= n->cfg.fetch_entries_max)
         last = first + n->cfg.fetch_entries_max - 1;
+    /* A reply carries at most PX_MSG_VALUE_BYTES_MAX of values (and at least
+     * one slot); the fetcher asks again for the rest. */
+    size_t bytes = 0;
+    for (uint64_t s = first; s <= last; s++) {
+        bytes += rec_get(n, s)->value->len;
+        if (s > first && bytes > PX_MSG_VALUE_BYTES_MAX) {
+            last = s - 1;
+            break;
+        }
+    }
     struct px_msg *r = emit(n, PX_MSG_CHOSEN, m->from);
     size_t count = last >= first ? (size_t)(last - first + 1) : 0;
     struct px_entry *e = msg_entries(r, count);
@@ -1090,26 +1103,37 @@ static void tick_candidate(struct px_node *n)
 
 /* ---- leader ------------------------------------------------------------ */
 
+/* Sends ACCEPTs for the slots in [first, last] (only those `to` has not
+ * acknowledged, if only_unacked), split so that no message carries more than
+ * PX_MSG_VALUE_BYTES_MAX of values or PX_MSG_ENTRIES_MAX entries. */
 static void send_accepts(struct px_node *n, uint32_t to, uint64_t first, uint64_t last,
                          bool only_unacked)
 {
-    size_t count = 0;
-    for (uint64_t s = first; s <= last; s++) {
-        struct slot_rec *r = rec_get(n, s);
-        if (r && r->value && !(only_unacked && (r->acks & node_bit(to))))
+    uint64_t s = first;
+    while (s <= last) {
+        size_t count = 0, bytes = 0;
+        uint64_t end = s;
+        for (; end <= last && count < PX_MSG_ENTRIES_MAX; end++) {
+            struct slot_rec *r = rec_get(n, end);
+            if (!r || !r->value || (only_unacked && (r->acks & node_bit(to))))
+                continue;
+            if (count > 0 && bytes + r->value->len > PX_MSG_VALUE_BYTES_MAX)
+                break;
+            bytes += r->value->len;
             count++;
-    }
-    if (count == 0)
-        return;
-    count = MIN(count, PX_MSG_ENTRIES_MAX);
-    struct px_msg *m = emit(n, PX_MSG_ACCEPT, to);
-    m->ballot = n->ballot;
-    struct px_entry *e = msg_entries(m, count);
-    size_t i = 0;
-    for (uint64_t s = first; s <= last && i < count; s++) {
-        struct slot_rec *r = rec_get(n, s);
-        if (r && r->value && !(only_unacked && (r->acks & node_bit(to))))
-            e[i++] = (struct px_entry){s, n->ballot, px_value_ref(r->value)};
+        }
+        if (count > 0) {
+            struct px_msg *m = emit(n, PX_MSG_ACCEPT, to);
+            m->ballot = n->ballot;
+            struct px_entry *e = msg_entries(m, count);
+            size_t i = 0;
+            for (uint64_t k = s; k < end && i < count; k++) {
+                struct slot_rec *r = rec_get(n, k);
+                if (r && r->value && !(only_unacked && (r->acks & node_bit(to))))
+                    e[i++] = (struct px_entry){k, n->ballot, px_value_ref(r->value)};
+            }
+        }
+        s = end;
     }
     n->commit_sent = MAX(n->commit_sent, n->commit);
 }
@@ -1616,13 +1640,19 @@ void px_ready(struct px_node *n, struct px_ready *rd)
             broadcast_heartbeat(n);
     }
     if (n->n_fwd && n->leader && n->leader != n->cfg.id) {
-        struct px_msg *m = emit(n, PX_MSG_FORWARD, n->leader);
-        size_t count = MIN(n->n_fwd, PX_MSG_ENTRIES_MAX);
-        struct px_entry *e = msg_entries(m, count);
-        for (size_t i = 0; i < count; i++)
-            e[i].value = n->fwd[i]; /* reference moves into the message */
-        for (size_t i = count; i < n->n_fwd; i++)
-            px_value_unref(n->fwd[i]);
+        /* As many FORWARDs as the byte and entry bounds need. */
+        size_t i = 0;
+        while (i < n->n_fwd) {
+            size_t count = 0, bytes = 0;
+            while (i + count < n->n_fwd && count < PX_MSG_ENTRIES_MAX &&
+                   (count == 0 || bytes + n->fwd[i + count]->len <= PX_MSG_VALUE_BYTES_MAX))
+                bytes += n->fwd[i + count++]->len;
+            struct px_msg *m = emit(n, PX_MSG_FORWARD, n->leader);
+            struct px_entry *e = msg_entries(m, count);
+            for (size_t k = 0; k < count; k++)
+                e[k].value = n->fwd[i + k]; /* the reference moves into the message */
+            i += count;
+        }
         n->n_fwd = 0;
     } else {
         for (size_t i = 0; i < n->n_fwd; i++)

@@ -149,9 +149,16 @@ struct px_msg {
     struct px_entry *entries;
 };
 
-/* Bounds every decoder and the core enforce. */
+/* Bounds every decoder and the core enforce. The core splits ACCEPT,
+ * CHOSEN and FORWARD so that one message carries at most
+ * PX_MSG_VALUE_BYTES_MAX of values (more only for a single value), which
+ * keeps every message inside one transport frame. A PROMISE cannot be cut
+ * short safely: an acceptor that would report more than
+ * PX_MSG_PROMISE_BYTES_MAX refuses the candidate as too far behind. */
 #define PX_MSG_ENTRIES_MAX 65536u
 #define PX_VALUE_BYTES_MAX (64u << 20)
+#define PX_MSG_VALUE_BYTES_MAX (16u << 20)
+#define PX_MSG_PROMISE_BYTES_MAX (64u << 20)
 
 const char *px_msg_type_name(uint8_t type);
 /* Frees the entries array and drops the values' references. */
@@ -168,7 +175,7 @@ struct px_config {
     uint64_t session;           /* this incarnation's session id, > 0, increasing per restart */
     uint32_t ticks_heartbeat;   /* leader heartbeat period, default 1 */
     uint32_t ticks_election;    /* election timeout lower bound, default 10 */
-    uint32_t window;            /* slots in flight beyond commit, default 64 */
+    uint32_t window;            /* slots in flight beyond commit, default 32 */
     uint32_t batch_count_max;   /* proposals per slot, default 4096 */
     uint32_t batch_bytes_max;   /* bytes per slot, default 4 MiB */
     uint32_t pending_max;       /* own proposals not yet chosen, <= PX_SESSION_WINDOW */

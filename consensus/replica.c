@@ -74,7 +74,7 @@ void replica_config_defaults(struct replica_config *c)
     c->ticks_election = 20;
     c->ticks_heartbeat = 2;
     c->op_timeout_ms = 30000;
-    c->window = 64;
+    c->window = 32;
 }
 
 /* ---- WAL replay -------------------------------------------------------- */
@@ -159,7 +159,7 @@ int replica_open(const struct replica_config *cfg, struct replica **out)
         pc.session = r->session;
         pc.ticks_election = cfg->ticks_election ? cfg->ticks_election : 20;
         pc.ticks_heartbeat = cfg->ticks_heartbeat ? cfg->ticks_heartbeat : 2;
-        pc.window = cfg->window ? cfg->window : 64;
+        pc.window = cfg->window ? cfg->window : 32;
         r->px = px_new(&pc);
         struct replay_state st2 = {.px = r->px};
         rc = wal_replay(r->wal, 0, replay_record, &st2);

@@ -68,7 +68,7 @@ struct replica_config {
     uint32_t ticks_election;  /* default 20 */
     uint32_t ticks_heartbeat; /* default 2 */
     uint32_t op_timeout_ms;   /* default 30000 */
-    uint32_t window;          /* slots in flight, default 64 */
+    uint32_t window;          /* slots in flight, default 32 */
     struct replica_sm sm;
     struct replica_transport transport;
 };

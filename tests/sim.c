@@ -39,6 +39,7 @@
 #include "base/log.h"
 #include "base/prng.h"
 #include "consensus/px.h"
+#include "consensus/px_msg.h"
 
 #define NODES_MAX 5
 
@@ -487,12 +488,23 @@ static void net_send(struct world *w, const struct px_msg *m)
     }
     if (prng_chance(&w->rng, w->p.dup_pm))
         copies = 2;
+    /* Every message crosses the wire codec, as it would between hosts. */
+    struct buf wire;
+    buf_init(&wire);
+    struct px_msg decoded;
+    if (px_msg_encode(m, &wire) != 0 || px_msg_decode(wire.data, wire.len, &decoded) != 0) {
+        violation(w, "codec: %s %u->%u does not round-trip", px_msg_type_name(m->type), m->from, m->to);
+        buf_deinit(&wire);
+        return;
+    }
+    buf_deinit(&wire);
     for (int c = 0; c < copies; c++) {
         GROW(w->net, w->n_net, w->cap_net);
         struct inflight *f = &w->net[w->n_net++];
         f->at = w->now + prng_range(&w->rng, 0, w->p.delay_max);
-        px_msg_copy(&f->m, m);
+        px_msg_copy(&f->m, &decoded);
     }
+    px_msg_clear(&decoded);
 }
 
 /* ---- driving one node --------------------------------------------------- */
