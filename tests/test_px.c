@@ -41,6 +41,8 @@ struct cluster {
     struct px_msg queue[4096];
     int n_queue;
     bool cut[N_MAX + 1][N_MAX + 1]; /* cut[a][b]: messages a->b are dropped */
+    uint8_t drop_type;              /* messages of this type are dropped */
+    uint32_t window, batch_count_max; /* 0: defaults */
 };
 
 static struct cluster C;
@@ -59,6 +61,10 @@ static void node_boot(int id)
     px_config_defaults(&cfg, (uint32_t)id, (uint32_t)C.n);
     cfg.seed = 1000 + (uint64_t)id;
     cfg.session = ++t->session;
+    if (C.window)
+        cfg.window = C.window;
+    if (C.batch_count_max)
+        cfg.batch_count_max = C.batch_count_max;
     t->px = px_new(&cfg);
     t->up = true;
     px_restore_promised(t->px, t->disk.promised);
@@ -69,13 +75,20 @@ static void node_boot(int id)
     t->applied_to = 0; /* the state machine replays from slot 1 */
 }
 
-static void cluster_init(int n)
+static void cluster_init_with(int n, uint32_t window, uint32_t batch_count_max)
 {
     memset(&C, 0, sizeof C);
     log_set_sink(quiet, NULL);
     C.n = n;
+    C.window = window;
+    C.batch_count_max = batch_count_max;
     for (int i = 1; i <= n; i++)
         node_boot(i);
+}
+
+static void cluster_init(int n)
+{
+    cluster_init_with(n, 0, 0);
 }
 
 static void node_crash(int id)
@@ -152,7 +165,7 @@ static void stabilize(void)
     for (int round = 0; round < 1000 && C.n_queue > 0; round++) {
         struct px_msg m = C.queue[0];
         memmove(C.queue, C.queue + 1, sizeof C.queue[0] * (size_t)(--C.n_queue));
-        if (C.nodes[m.to].up && !C.cut[m.from][m.to]) {
+        if (C.nodes[m.to].up && !C.cut[m.from][m.to] && m.type != C.drop_type) {
             px_step(C.nodes[m.to].px, &m);
             drain((int)m.to);
         }
@@ -530,6 +543,32 @@ Test(px, batch_iterator_rejects_malformed_batches)
     v = px_value_new(bad, 2);
     cr_assert_eq(px_batch_iter_init(&it, v), -EBADMSG);
     px_value_unref(v);
+}
+
+
+Test(px, retried_proposals_do_not_pile_up_as_duplicates)
+{
+    /* Regression (found by paxfs-sim, seeds 899/1311/1863/1868 of the first
+     * parameter set): with a small window, a follower re-sent its pending
+     * proposals every retry period and the leader queued every copy, so the
+     * backlog of duplicates outgrew what the log could choose and the
+     * proposals never completed. The leader now keeps one copy of each. */
+    cluster_init_with(3, 1, 1);
+    int l = elect();
+    int f = l % 3 + 1;
+    C.drop_type = PX_MSG_ACCEPTED; /* nothing is chosen for a while ... */
+    for (int k = 0; k < 30; k++)
+        propose_str(f, "p");
+    stabilize();
+    tick_all(200); /* ... while the follower retries 4 times over */
+    cr_assert_eq(role_of(l), PX_LEADER, "heartbeats still flow: the leader stays");
+    C.drop_type = 0;
+    tick_all(200);
+    struct px_status st;
+    px_status(C.nodes[f].px, &st);
+    cr_assert_eq(st.pending, 0, "every proposal completed");
+    cr_assert_eq(commit_of(l), 30, "one slot per proposal: no duplicate was queued");
+    cluster_fini();
 }
 
 /* ---- exactly-once table ---- */
