@@ -62,7 +62,7 @@ void net_hello_encode(const struct net_hello *h, uint8_t out[NET_HELLO_BYTES])
 
 int net_hello_decode(const uint8_t *p, size_t len, struct net_hello *out)
 {
-    if (len != NET_HELLO_BYTES || le_get_u32(p) == 0)
+    if (len != NET_HELLO_BYTES)
         return -EBADMSG;
     out->node = le_get_u32(p);
     memcpy(out->cluster_id, p + 4, NET_CLUSTER_ID_BYTES);

@@ -41,10 +41,11 @@
 #define NET_FRAME_RX_BUF_BYTES (128u << 10)
 
 enum net_frame_type {
-    NET_FRAME_HELLO = 1,        /* dialer -> acceptor, first frame: who I am */
+    NET_FRAME_HELLO = 1,        /* dialer -> acceptor, first frame: who I am;
+                                 * acceptor -> dialer, the answer */
     NET_FRAME_PX = 2,           /* one consensus message (consensus/px_msg.h) */
-    NET_FRAME_STATUS_REQ = 3,   /* reserved: status query (paxfs status) */
-    NET_FRAME_STATUS_REPLY = 4, /* reserved: its answer */
+    NET_FRAME_STATUS_REQ = 3,   /* operator client -> node: status query (status.h) */
+    NET_FRAME_STATUS_REPLY = 4, /* node -> client, on the client's connection */
     NET_FRAME_BULK = 5,         /* reserved: snapshot block stream */
     NET_FRAME_TYPE_MAX = NET_FRAME_BULK,
 };
@@ -62,7 +63,8 @@ void net_frame_header_encode(uint8_t out[NET_FRAME_HEADER_BYTES], uint8_t type,
 int net_frame_header_decode(const uint8_t in[NET_FRAME_HEADER_BYTES],
                             struct net_frame_header *out);
 
-/* The HELLO payload: the dialer's node id and cluster id. */
+/* The HELLO payload: the dialer's node id and cluster id. Node 0 is the
+ * operator client (paxfs status), whose certificate names no node. */
 #define NET_CLUSTER_ID_BYTES 16u
 #define NET_HELLO_BYTES 20u
 
@@ -72,7 +74,9 @@ struct net_hello {
 };
 
 void net_hello_encode(const struct net_hello *h, uint8_t out[NET_HELLO_BYTES]);
-/* -EBADMSG unless len == NET_HELLO_BYTES and node != 0. */
+#define NET_HELLO_NODE_CLIENT 0u
+/* -EBADMSG unless len == NET_HELLO_BYTES. Whether the node id fits the
+ * certificate (and 0 a client's) is the connection's check, not the codec's. */
 int net_hello_decode(const uint8_t *p, size_t len, struct net_hello *out);
 
 /* ---- incremental decoder ------------------------------------------------- */

@@ -45,6 +45,17 @@ static void on_peer(void *ctx, uint32_t peer, bool up)
         replica_peer_down(h->replica, peer);
 }
 
+/* An operator client's status query (net thread): replica_status is cheap
+ * and thread-safe. net starts after the replica, so h->replica is set. */
+static int on_status(void *ctx, struct net_status_reply *out)
+{
+    struct host *h = ctx;
+    struct replica_status st;
+    replica_status(h->replica, &st);
+    net_status_from_replica(&st, 0, out);
+    return 0;
+}
+
 /* DATADIR/CLUSTER names the cluster the directory belongs to. */
 static int check_cluster_file(const char *data_dir, const char *id_hex, char *err, size_t errlen)
 {
@@ -127,6 +138,7 @@ int host_open(const struct host_options *o, struct host **out, char *err, size_t
     }
     nc.on_msg = on_msg;
     nc.on_peer = on_peer;
+    nc.on_status = on_status;
     nc.ctx = h;
     rc = net_new(&nc, &h->net);
     if (rc != 0) {

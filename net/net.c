@@ -12,7 +12,11 @@
  *   (dialer only)        │               │            │
  *                        └───────────────┴────────────┴──▶ C_CLOSED
  *
- * Every state before C_OPEN has a deadline (handshake_timeout_ms). Work per
+ * Every state before C_OPEN has a deadline (handshake_timeout_ms); an open
+ * operator client connection has one too (NET_CLIENT_IDLE_MS after its last
+ * request). A client connection is inbound, never a peer's `in`, and its
+ * replies are staged in its wbuf (bounded by client_pending_max) and
+ * flushed at once. Work per
  * connection per round is bounded (ROUND_BYTES, ROUND_FRAMES); a connection
  * that still has work sets `more` and the loop comes back to it without
  * sleeping, so one busy peer cannot starve the others. */
@@ -77,6 +81,7 @@ struct conn {
     int fd;
     SSL *ssl;
     bool outbound;
+    bool client;          /* the operator client (net.h, Clients), never a peer */
     bool ssl_failed;      /* fatal TLS error: SSL_shutdown must not be called */
     bool more;            /* work left after this round's budget */
     bool hs_wants_write;  /* handshake waits for POLLOUT */
@@ -139,6 +144,7 @@ struct net {
     struct {
         atomic_uint_fast64_t frames_sent, bytes_sent, frames_received, bytes_received;
         atomic_uint_fast64_t connects, accepts, disconnects, refused, protocol_errors, dropped;
+        atomic_uint_fast64_t clients, status_replies;
     } st;
 };
 
@@ -377,7 +383,7 @@ static void conn_close(struct conn *c, bool quiet)
         inbound_remove(n, c);
         if (p && p->in == c)
             p->in = NULL;
-        if (was_open)
+        if (was_open && !c->client)
             STAT_ADD(n, disconnects, 1);
     }
     if (c->ssl && !c->ssl_failed && SSL_is_init_finished(c->ssl)) {
@@ -649,6 +655,94 @@ static void conn_open_outbound(struct conn *c)
         n->cfg.on_peer(n->cfg.ctx, c->peer, true);
 }
 
+/* Open client connections beyond NET_CLIENTS_MAX - 1 close, oldest first,
+ * to make room for one more. */
+static void clients_make_room(struct net *n)
+{
+    for (int round = 0; round < NET_CLIENTS_MAX + 1; round++) {
+        struct conn *oldest = NULL;
+        uint32_t open = 0;
+        for (uint32_t i = 0; i < n->n_inbound; i++) {
+            struct conn *o = n->inbound[i];
+            if (!o->client || o->state != C_OPEN)
+                continue;
+            open++;
+            if (!oldest || o->opened_ns < oldest->opened_ns)
+                oldest = o;
+        }
+        if (open < NET_CLIENTS_MAX || !oldest)
+            return;
+        LOG_D("net client evicted node=%u addr=%s reason=\"%u clients open\"", n->cfg.id,
+              oldest->remote, open);
+        conn_close(oldest, false);
+    }
+}
+
+static int conn_open_client(struct conn *c)
+{
+    struct net *n = c->net;
+    clients_make_room(n);
+    c->state = C_OPEN;
+    c->opened_ns = clock_now_ns();
+    c->deadline_ns = c->opened_ns + ms_to_ns(NET_CLIENT_IDLE_MS);
+    net_frame_rx_set_payload_max(&c->rx, NET_STATUS_REQ_BYTES);
+    STAT_ADD(n, clients, 1);
+    LOG_D("net client accepted node=%u addr=%s", n->cfg.id, c->remote);
+    put_hello(c);
+    return conn_flush(c);
+}
+
+/* Bytes a client may leave unread: our HELLO and NET_CLIENT_REPLIES_MAX
+ * replies. A client that pipelines more requests without reading is cut
+ * off, so it cannot make this node buffer for it. */
+static size_t client_pending_max(void)
+{
+    return NET_FRAME_HEADER_BYTES + NET_HELLO_BYTES +
+           NET_CLIENT_REPLIES_MAX * (NET_FRAME_HEADER_BYTES + NET_STATUS_REPLY_BYTES);
+}
+
+/* A client may send STATUS_REQ and nothing else; each is answered at once,
+ * on this connection, with what on_status reports. */
+static int on_client_frame(struct conn *c, const struct net_frame *f)
+{
+    struct net *n = c->net;
+    uint32_t version;
+    if (f->type != NET_FRAME_STATUS_REQ || net_status_req_decode(f->payload, f->len, &version)) {
+        conn_protocol_error(c, "client sent frame type %u of %zu bytes; only STATUS_REQ is "
+                            "allowed", f->type, f->len);
+        return -1;
+    }
+    const size_t frame = NET_FRAME_HEADER_BYTES + NET_STATUS_REPLY_BYTES;
+    if (c->wlen - c->woff + frame > client_pending_max()) {
+        conn_protocol_error(c, "client does not read its replies (%u unread)",
+                            NET_CLIENT_REPLIES_MAX);
+        return -1;
+    }
+    struct net_status_reply r;
+    memset(&r, 0, sizeof r);
+    int rc = n->cfg.on_status(n->cfg.ctx, &r);
+    if (rc) {
+        LOG_W("net status unavailable node=%u addr=%s reason=\"%s\"", n->cfg.id, c->remote,
+              strerror(-rc));
+        conn_close(c, false);
+        return -1;
+    }
+    r.node = n->cfg.id;
+    /* version: ours is 1 and a request names at least 1, so always 1 */
+    (void)version;
+    if (c->wlen + frame > WBUF_BYTES) { /* same unsent bytes, moved (TLS allows it) */
+        memmove(c->wbuf, c->wbuf + c->woff, c->wlen - c->woff);
+        c->wlen -= c->woff;
+        c->woff = 0;
+    }
+    net_frame_header_encode(c->wbuf + c->wlen, NET_FRAME_STATUS_REPLY, NET_STATUS_REPLY_BYTES);
+    net_status_reply_encode(&r, c->wbuf + c->wlen + NET_FRAME_HEADER_BYTES);
+    c->wlen += frame;
+    c->deadline_ns = clock_now_ns() + ms_to_ns(NET_CLIENT_IDLE_MS);
+    STAT_ADD(n, status_replies, 1);
+    return conn_flush(c);
+}
+
 static int on_hello(struct conn *c, const struct net_frame *f)
 {
     struct net *n = c->net;
@@ -666,7 +760,7 @@ static int on_hello(struct conn *c, const struct net_frame *f)
         return -1;
     }
     if (!c->outbound)
-        return conn_open_inbound(c);
+        return c->client ? conn_open_client(c) : conn_open_inbound(c);
     conn_open_outbound(c);
     return c->state == C_OPEN ? 0 : -1;
 }
@@ -701,6 +795,8 @@ static int on_frame(struct conn *c, const struct net_frame *f)
     if (c->state == C_HELLO_WAIT)
         return on_hello(c, f);
     ASSERT(c->state == C_OPEN);
+    if (c->client)
+        return on_client_frame(c, f);
     if (c->outbound || f->type == NET_FRAME_HELLO) {
         conn_protocol_error(c, "unexpected frame type %u on %s connection", f->type,
                             c->outbound ? "an outbound" : "an open");
@@ -740,7 +836,11 @@ static int conn_read(struct conn *c)
                 conn_dial_failed(c, reason);
             else if (mid_frame)
                 conn_protocol_error(c, "%s in the middle of a frame", reason);
-            else {
+            else if (c->client) { /* every `paxfs status` ends so: not news */
+                LOG_D("net client closed node=%u addr=%s reason=\"%s\"", c->net->cfg.id,
+                      c->remote, reason);
+                conn_close(c, false);
+            } else {
                 LOG_I("net closed node=%u peer=%u addr=%s dir=%s reason=\"%s\"", c->net->cfg.id,
                       c->peer, c->remote, c->outbound ? "out" : "in", reason);
                 conn_close(c, false);
@@ -783,12 +883,25 @@ static void handshake_done(struct conn *c)
     }
     uint32_t node;
     uint8_t cluster[PKI_CLUSTER_ID_BYTES];
+    bool client = false;
     if (pki_cert_identity(cert, &node, cluster) != 0) {
-        conn_refuse(c, "certificate names no paxfs node identity");
-        return;
+        /* not a node: an acceptor also admits the operator client */
+        if (c->outbound || pki_cert_client_identity(cert, cluster) != 0) {
+            conn_refuse(c, "certificate names no paxfs node identity");
+            return;
+        }
+        client = true;
+        node = NET_HELLO_NODE_CLIENT;
     }
     if (memcmp(cluster, n->cfg.cluster_id, sizeof cluster) != 0) {
-        conn_refuse(c, "certificate names node %u of another cluster", node);
+        if (client)
+            conn_refuse(c, "client certificate of another cluster");
+        else
+            conn_refuse(c, "certificate names node %u of another cluster", node);
+        return;
+    }
+    if (client && !n->cfg.on_status) {
+        conn_refuse(c, "client certificate, but this node serves no status");
         return;
     }
     if (c->outbound && node != c->peer) {
@@ -796,11 +909,12 @@ static void handshake_done(struct conn *c)
         return;
     }
     if (!c->outbound) {
-        if (node > n->cfg.n_nodes || node == n->cfg.id) {
+        if (!client && (node > n->cfg.n_nodes || node == n->cfg.id)) {
             conn_refuse(c, "certificate names node %u, not a peer of node %u", node, n->cfg.id);
             return;
         }
         c->peer = node;
+        c->client = client;
     }
     c->state = C_HELLO_WAIT;
     if (c->outbound) {
@@ -922,16 +1036,25 @@ static void peer_dial(struct net *n, struct peer *p)
 }
 
 /* At the inbound limit, the oldest connection that has not authenticated
- * yet makes room: a flood of idle or slow connections can then only delay a
- * real peer's handshake, never lock it out. Authenticated connections are
- * at most one per peer and are never evicted. */
+ * yet makes room, or else the oldest open operator client: a flood of idle
+ * or slow connections, or of clients, can then only delay a real peer's
+ * handshake, never lock it out. Peers' authenticated connections are at most
+ * one per peer and are never evicted. */
 static bool evict_unauthenticated(struct net *n)
 {
-    struct conn *oldest = NULL;
+    struct conn *oldest = NULL, *client = NULL;
     for (uint32_t i = 0; i < n->n_inbound; i++) {
         struct conn *c = n->inbound[i];
         if (c->state != C_OPEN && (!oldest || c->deadline_ns < oldest->deadline_ns))
             oldest = c;
+        if (c->state == C_OPEN && c->client && (!client || c->opened_ns < client->opened_ns))
+            client = c;
+    }
+    if (!oldest && client) {
+        LOG_D("net client evicted node=%u addr=%s reason=\"inbound limit\"", n->cfg.id,
+              client->remote);
+        conn_close(client, false);
+        return true;
     }
     if (!oldest)
         return false;
@@ -1015,8 +1138,14 @@ static void run_timers(struct net *n, uint64_t now)
     }
     for (uint32_t i = n->n_inbound; i-- > 0;) {
         struct conn *c = n->inbound[i];
-        if (c->deadline_ns && now >= c->deadline_ns)
+        if (!c->deadline_ns || now < c->deadline_ns)
+            continue;
+        if (c->client && c->state == C_OPEN) {
+            LOG_D("net client idle node=%u addr=%s", n->cfg.id, c->remote);
+            conn_close(c, false);
+        } else {
             conn_refuse(c, "did not authenticate within %u ms", n->cfg.handshake_timeout_ms);
+        }
     }
     if (n->listen_paused && now >= n->listen_resume_ns) {
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &n->listen_fd};
@@ -1508,5 +1637,7 @@ void net_get_stats(struct net *n, struct net_stats *out)
     LOAD(refused);
     LOAD(protocol_errors);
     LOAD(dropped);
+    LOAD(clients);
+    LOAD(status_replies);
 #undef LOAD
 }

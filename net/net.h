@@ -41,6 +41,20 @@
  * second. A newer authenticated inbound connection from a peer replaces the
  * older one (the peer has restarted or reconnected).
  *
+ * Clients. The cluster's operator client (`paxfs status`, status.h) dials
+ * like a peer but authenticates with the client identity (pki.h) and says
+ * HELLO(node 0). It is never a peer: it replaces no one's connection, gets
+ * no on_frame/on_msg, and may only send STATUS_REQ frames (payload bounded to
+ * NET_STATUS_REQ_BYTES), each answered by one STATUS_REPLY on the same
+ * inbound connection, filled by on_status on the loop thread. Anything else
+ * from a client (another frame type, a bad request, more than
+ * NET_CLIENT_REPLIES_MAX replies it has not read) closes it as a protocol error.
+ * At most NET_CLIENTS_MAX client connections are open (a newer one closes the
+ * oldest), each is closed after NET_CLIENT_IDLE_MS without a request, and at
+ * the inbound limit an open client connection is evicted like an
+ * unauthenticated one, so clients can never lock a peer out. A node whose
+ * on_status is NULL refuses clients.
+ *
  * Backpressure. Each peer has a bounded send queue (queue_bytes_max,
  * queue_frames_max): net_send returns -EAGAIN when it is full, -ENOTCONN
  * while the peer is down (nothing is queued for a down peer, and the queue is
@@ -77,9 +91,13 @@
 #include "consensus/px.h"
 #include "net/config.h"
 #include "net/frame.h"
+#include "net/status.h"
 
 #define NET_NODES_MAX PX_NODES_MAX
 #define NET_PATH_BYTES 4096
+#define NET_CLIENTS_MAX 8           /* open operator client connections */
+#define NET_CLIENT_IDLE_MS 10000u   /* a client connection's idle limit */
+#define NET_CLIENT_REPLIES_MAX 4    /* replies staged for a client that does not read */
 
 /* A frame of any type but HELLO from an authenticated peer. payload is
  * borrowed for the call. */
@@ -90,6 +108,10 @@ typedef void (*net_frame_fn)(void *ctx, uint32_t from, uint8_t type,
  * errors). m and its values are borrowed for the call (px_msg_copy keeps
  * them by reference). */
 typedef void (*net_msg_fn)(void *ctx, uint32_t from, const struct px_msg *m);
+/* Fills *out (all but node, which net sets) for an operator client's
+ * STATUS_REQ; runs on the loop thread and must be quick. 0, or a negative
+ * errno to close the client's connection instead. */
+typedef int (*net_status_fn)(void *ctx, struct net_status_reply *out);
 /* Our outbound connection to peer is up (authenticated, HELLOs exchanged)
  * or down. */
 typedef void (*net_peer_fn)(void *ctx, uint32_t peer, bool up);
@@ -113,6 +135,7 @@ struct net_config {
     net_frame_fn on_frame;         /* non-PX frames; PX frames too if on_msg is NULL */
     net_msg_fn on_msg;             /* PX frames, decoded; may be NULL */
     net_peer_fn on_peer;           /* may be NULL */
+    net_status_fn on_status;       /* NULL: operator clients are refused */
     void *ctx;
 };
 
@@ -125,6 +148,8 @@ struct net_stats {
     uint64_t refused;         /* connections refused by authentication */
     uint64_t protocol_errors; /* authenticated connections closed for bad frames */
     uint64_t dropped;         /* frames dropped from a queue when its connection broke */
+    uint64_t clients;         /* operator client connections authenticated */
+    uint64_t status_replies;  /* STATUS_REPLY frames queued for clients */
 };
 
 /* Defaults for everything but id, n_nodes, addrs, cluster id, paths and

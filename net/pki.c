@@ -9,6 +9,7 @@
 #include "base/assert.h"
 #include "base/buf.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -44,19 +45,36 @@ void pki_identity_uri(uint32_t node, const uint8_t cluster_id[PKI_CLUSTER_ID_BYT
     snprintf(out, PKI_URI_BYTES, URI_PREFIX "node:%u:cluster:%s", node, id);
 }
 
+void pki_client_uri(const uint8_t cluster_id[PKI_CLUSTER_ID_BYTES], char out[PKI_URI_BYTES])
+{
+    char id[2 * PKI_CLUSTER_ID_BYTES + 1];
+    hex(cluster_id, PKI_CLUSTER_ID_BYTES, id);
+    snprintf(out, PKI_URI_BYTES, URI_PREFIX "client:cluster:%s", id);
+}
+
+/* Reads exactly 2 * PKI_CLUSTER_ID_BYTES hex digits (the whole rest of p).
+ * Case is not checked here: callers compare with the canonical form. */
+static int parse_cluster_hex(const char *p, uint8_t cluster_id[PKI_CLUSTER_ID_BYTES])
+{
+    if (strlen(p) != 2 * PKI_CLUSTER_ID_BYTES)
+        return -EACCES;
+    for (int i = 0; i < PKI_CLUSTER_ID_BYTES; i++) {
+        unsigned v;
+        if (!isxdigit((unsigned char)p[2 * i]) || !isxdigit((unsigned char)p[2 * i + 1]) ||
+            sscanf(p + 2 * i, "%2x", &v) != 1)
+            return -EACCES;
+        cluster_id[i] = (uint8_t)v;
+    }
+    return 0;
+}
+
 /* Parses "paxfs:node:<K>:cluster:<32 hex>" exactly, by regenerating the
  * canonical form and comparing: one spelling per identity. */
-static int parse_uri(const unsigned char *s, int len, uint32_t *node,
-                     uint8_t cluster_id[PKI_CLUSTER_ID_BYTES])
+static int parse_node_uri(const char *text, uint32_t *node,
+                          uint8_t cluster_id[PKI_CLUSTER_ID_BYTES])
 {
     static const char head[] = URI_PREFIX "node:";
-    if (len <= 0 || len >= PKI_URI_BYTES || (size_t)len <= sizeof head - 1 ||
-        memcmp(s, head, sizeof head - 1) != 0)
-        return -EACCES;
-    char text[PKI_URI_BYTES];
-    memcpy(text, s, (size_t)len);
-    text[len] = '\0';
-    if (strlen(text) != (size_t)len) /* embedded NUL */
+    if (strncmp(text, head, sizeof head - 1) != 0)
         return -EACCES;
     const char *p = text + sizeof head - 1;
     uint64_t k = 0;
@@ -68,16 +86,9 @@ static int parse_uri(const unsigned char *s, int len, uint32_t *node,
     static const char mid[] = ":cluster:";
     if (strncmp(p, mid, sizeof mid - 1) != 0)
         return -EACCES;
-    p += sizeof mid - 1;
-    if (strlen(p) != 2 * PKI_CLUSTER_ID_BYTES)
-        return -EACCES;
     uint8_t id[PKI_CLUSTER_ID_BYTES];
-    for (int i = 0; i < PKI_CLUSTER_ID_BYTES; i++) {
-        unsigned v;
-        if (sscanf(p + 2 * i, "%2x", &v) != 1)
-            return -EACCES;
-        id[i] = (uint8_t)v;
-    }
+    if (parse_cluster_hex(p + sizeof mid - 1, id) != 0)
+        return -EACCES;
     char canon[PKI_URI_BYTES];
     pki_identity_uri((uint32_t)k, id, canon);
     if (strcmp(canon, text) != 0)
@@ -87,14 +98,31 @@ static int parse_uri(const unsigned char *s, int len, uint32_t *node,
     return 0;
 }
 
-int pki_cert_identity(X509 *cert, uint32_t *node, uint8_t cluster_id[PKI_CLUSTER_ID_BYTES])
+/* Parses "paxfs:client:cluster:<32 hex>" exactly, the same way. */
+static int parse_client_uri(const char *text, uint8_t cluster_id[PKI_CLUSTER_ID_BYTES])
+{
+    static const char head[] = URI_PREFIX "client:cluster:";
+    if (strncmp(text, head, sizeof head - 1) != 0)
+        return -EACCES;
+    uint8_t id[PKI_CLUSTER_ID_BYTES];
+    if (parse_cluster_hex(text + sizeof head - 1, id) != 0)
+        return -EACCES;
+    char canon[PKI_URI_BYTES];
+    pki_client_uri(id, canon);
+    if (strcmp(canon, text) != 0)
+        return -EACCES;
+    memcpy(cluster_id, id, sizeof id);
+    return 0;
+}
+
+/* The certificate's one "paxfs:" SAN URI as a C string; -EACCES if it has
+ * none, several, or one that is too long or holds a NUL. */
+static int cert_paxfs_uri(X509 *cert, char text[PKI_URI_BYTES])
 {
     GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
     if (!names)
         return -EACCES;
     int found = 0, rc = -EACCES;
-    uint32_t k = 0;
-    uint8_t id[PKI_CLUSTER_ID_BYTES] = {0};
     int n = sk_GENERAL_NAME_num(names);
     for (int i = 0; i < n; i++) {
         const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
@@ -106,12 +134,35 @@ int pki_cert_identity(X509 *cert, uint32_t *node, uint8_t cluster_id[PKI_CLUSTER
         if (len < (int)sizeof URI_PREFIX - 1 || memcmp(s, URI_PREFIX, sizeof URI_PREFIX - 1) != 0)
             continue;
         found++;
-        rc = parse_uri(s, len, &k, id);
+        rc = -EACCES;
+        if (len < PKI_URI_BYTES && memchr(s, 0, (size_t)len) == NULL) {
+            memcpy(text, s, (size_t)len);
+            text[len] = '\0';
+            rc = 0;
+        }
     }
     GENERAL_NAMES_free(names);
-    if (found != 1 || rc != 0)
+    return found == 1 ? rc : -EACCES;
+}
+
+int pki_cert_identity(X509 *cert, uint32_t *node, uint8_t cluster_id[PKI_CLUSTER_ID_BYTES])
+{
+    char text[PKI_URI_BYTES];
+    uint32_t k;
+    uint8_t id[PKI_CLUSTER_ID_BYTES];
+    if (cert_paxfs_uri(cert, text) != 0 || parse_node_uri(text, &k, id) != 0)
         return -EACCES;
     *node = k;
+    memcpy(cluster_id, id, sizeof id);
+    return 0;
+}
+
+int pki_cert_client_identity(X509 *cert, uint8_t cluster_id[PKI_CLUSTER_ID_BYTES])
+{
+    char text[PKI_URI_BYTES];
+    uint8_t id[PKI_CLUSTER_ID_BYTES];
+    if (cert_paxfs_uri(cert, text) != 0 || parse_client_uri(text, id) != 0)
+        return -EACCES;
     memcpy(cluster_id, id, sizeof id);
     return 0;
 }
@@ -219,6 +270,31 @@ X509 *pki_node_cert_new(X509 *ca, EVP_PKEY *ca_key, EVP_PKEY *node_key, uint32_t
               add_ext(cert, ca, NID_basic_constraints, "critical,CA:FALSE") &&
               add_ext(cert, ca, NID_key_usage, "critical,digitalSignature") &&
               add_ext(cert, ca, NID_ext_key_usage, "serverAuth,clientAuth") &&
+              add_ext(cert, ca, NID_subject_key_identifier, "hash") &&
+              add_ext(cert, ca, NID_authority_key_identifier, "keyid:always") &&
+              add_san_uri(cert, uri) &&
+              X509_sign(cert, ca_key, EVP_sha256()) > 0;
+    if (!ok) {
+        X509_free(cert);
+        return NULL;
+    }
+    return cert;
+}
+
+X509 *pki_client_cert_new(X509 *ca, EVP_PKEY *ca_key, EVP_PKEY *client_key,
+                          const uint8_t cluster_id[PKI_CLUSTER_ID_BYTES],
+                          time_t not_before, time_t not_after)
+{
+    char uri[PKI_URI_BYTES];
+    pki_client_uri(cluster_id, uri);
+    X509 *cert = cert_base(client_key, "paxfs-client", not_before, not_after);
+    if (!cert)
+        return NULL;
+    /* clientAuth only: a client certificate can never serve as a node's */
+    bool ok = X509_set_issuer_name(cert, X509_get_subject_name(ca)) == 1 &&
+              add_ext(cert, ca, NID_basic_constraints, "critical,CA:FALSE") &&
+              add_ext(cert, ca, NID_key_usage, "critical,digitalSignature") &&
+              add_ext(cert, ca, NID_ext_key_usage, "clientAuth") &&
               add_ext(cert, ca, NID_subject_key_identifier, "hash") &&
               add_ext(cert, ca, NID_authority_key_identifier, "keyid:always") &&
               add_san_uri(cert, uri) &&

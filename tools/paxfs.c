@@ -1,26 +1,42 @@
 /* paxfs — the command line (DESIGN.md, Command line contract).
  *
- * This build implements `paxfs init`; the other commands are listed in the
- * usage and answer honestly that they are not available yet.
+ * This build implements `paxfs init` and `paxfs status`; the other commands
+ * are listed in the usage and answer honestly that they are not available
+ * yet.
  *
  * `paxfs init` creates a new cluster directory: the cluster CA (ca.crt,
- * ca.key), one certificate and key per node (node<K>.crt, node<K>.key), and
- * cluster.conf (net/config.h), which is written last and with O_EXCL, so its
+ * ca.key), one certificate and key per node (node<K>.crt, node<K>.key), the
+ * operator client's (client.crt, client.key: what `paxfs status` presents,
+ * net/pki.h), and cluster.conf (net/config.h), written last and with O_EXCL, so its
  * presence means "a complete cluster lives here" and init never overwrites
  * one. Every file is created with its final mode (keys 0600) and fsynced. If
  * anything fails, the files this run created are removed again.
  *
- * Exit codes: 0 success, 2 bad usage or bad input or a failure to create the
- * cluster, always with one line on stderr saying what and what to do. */
+ * `paxfs status` asks every node at once (one thread per node, each query
+ * bounded by STATUS_TIMEOUT_MS) over mutual TLS with client.crt, and prints
+ * one row per node. Lag is the leader's commit slot minus the node's applied
+ * slot, 0 when the node is ahead of it; with no reachable leader (several
+ * claiming it: the highest ballot wins) it is unknown ("-", null in JSON).
+ *
+ * Exit codes: 0 success; 1 a finding (status: a node unreachable, or its
+ * replica stopped on an error); 2 bad usage or bad input or a failure to
+ * create the cluster, always with one line on stderr saying what and what
+ * to do. */
 #include "base/buf.h"
+#include "consensus/ballot.h"
 #include "fs/store.h"
 #include "net/config.h"
 #include "net/pki.h"
+#include "net/status.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -40,17 +56,20 @@ _Static_assert(STORE_BLOCK_SIZE_MIN == CONFIG_BLOCK_SIZE_MIN &&
 #define PORT_BASE_DEFAULT 7400u
 #define NODES_DEFAULT 3u
 #define PATH_BYTES 4096
-#define FILES_MAX (2 * CONFIG_NODES_MAX + 3)
+#define FILES_MAX (2 * CONFIG_NODES_MAX + 5)
+#define EXIT_FINDING 1
+#define STATUS_TIMEOUT_MS 2000u
 
 static const char usage_text[] =
     "usage: paxfs <command> [options]\n"
     "\n"
     "commands:\n"
     "  init [--nodes N] [--host ADDR]... [--port BASE] [--block-size BYTES] DIR\n"
-    "        create a cluster in DIR: cluster.conf, the cluster CA (ca.crt, ca.key)\n"
-    "        and node<K>.crt, node<K>.key for K = 1..N\n"
+    "        create a cluster in DIR: cluster.conf, the cluster CA (ca.crt, ca.key),\n"
+    "        node<K>.crt, node<K>.key for K = 1..N and client.crt, client.key\n"
     "  mount --config DIR/cluster.conf --node K --data DATADIR [-f] [-o OPT,...] MOUNTPOINT\n"
     "  status --config DIR/cluster.conf [--json]\n"
+    "        per node: reachable, role, ballot, commit and applied slot, lag\n"
     "  fsck --config DIR/cluster.conf [--json] [--repair]\n"
     "  fsck --data DATADIR [--json]\n"
     "\n"
@@ -67,9 +86,23 @@ static const char init_usage_text[] =
     "  --block-size BYTES file data block size, a power of two in 4096..16777216;\n"
     "                     K and M suffixes allowed (default 262144)\n"
     "\n"
-    "Writes DIR/cluster.conf, DIR/ca.crt, DIR/ca.key and DIR/node<K>.crt,\n"
-    "DIR/node<K>.key. Copy cluster.conf, ca.crt and its own node<K>.* to each\n"
+    "Writes DIR/cluster.conf, DIR/ca.crt, DIR/ca.key, DIR/node<K>.crt,\n"
+    "DIR/node<K>.key and DIR/client.crt, DIR/client.key (the operator's identity\n"
+    "for 'paxfs status'). Copy cluster.conf, ca.crt and its own node<K>.* to each\n"
     "host; keep ca.key offline (it is only needed to add nodes).\n";
+
+static const char status_usage_text[] =
+    "usage: paxfs status --config DIR/cluster.conf [--json]\n"
+    "\n"
+    "Asks every node of the cluster for its state over mutual TLS, presenting\n"
+    "DIR/client.crt and DIR/client.key, and prints one row per node: reachable,\n"
+    "role, ballot, commit (highest chosen slot), applied slot, and lag (the\n"
+    "leader's commit minus the node's applied slot). A node that does not answer\n"
+    "within 2 s is unreachable.\n"
+    "  --json    one JSON object: {\"nodes\":[{\"node\":1,\"reachable\":true,...}]}\n"
+    "\n"
+    "Exit status: 0 every node answered, 1 a node is unreachable or its replica\n"
+    "failed, 2 bad usage or input.\n";
 
 __attribute__((format(printf, 1, 2)))
 static int usage_error(const char *fmt, ...)
@@ -327,6 +360,9 @@ static int plan_files(const char *dir, uint32_t nodes, struct created *plan)
         if (!join(plan->paths[plan->n++], dir, name))
             return -ENAMETOOLONG;
     }
+    if (!join(plan->paths[plan->n++], dir, "client.key") ||
+        !join(plan->paths[plan->n++], dir, "client.crt"))
+        return -ENAMETOOLONG;
     if (!join(plan->paths[plan->n++], dir, "cluster.conf"))
         return -ENAMETOOLONG;
     return 0;
@@ -390,6 +426,22 @@ static int init_write(const struct init_opts *o, const struct cluster_config *c)
         X509_free(cert);
         EVP_PKEY_free(key);
     }
+    if (rc == 0) {
+        EVP_PKEY *key = pki_key_new();
+        X509 *cert = key ? pki_client_cert_new(ca, ca_key, key, c->cluster_id, not_before,
+                                               not_after) : NULL;
+        if (!cert) {
+            failed = "the client certificate";
+            pki_ssl_error(why, sizeof why);
+            rc = -EIO;
+        }
+        if (rc == 0 && (rc = pki_write_key(plan.paths[at], key, 0600)) == 0)
+            memcpy(done.paths[done.n++], plan.paths[at++], PATH_BYTES);
+        if (rc == 0 && (rc = pki_write_cert(plan.paths[at], cert, 0644)) == 0)
+            memcpy(done.paths[done.n++], plan.paths[at++], PATH_BYTES);
+        X509_free(cert);
+        EVP_PKEY_free(key);
+    }
     X509_free(ca);
     EVP_PKEY_free(ca_key);
     if (rc == 0) {
@@ -432,8 +484,229 @@ static int cmd_init(int argc, char **argv)
            c.n_nodes == 1 ? "" : "s", o.dir);
     printf("  each host needs cluster.conf, ca.crt and its own node<K>.crt + node<K>.key\n");
     printf("  %s/ca.key only signs new node certificates: move it offline\n", o.dir);
+    printf("  client.crt + client.key are the operator's: paxfs status --config "
+           "%s/cluster.conf\n", o.dir);
     printf("  start node K: paxfs mount --config %s/cluster.conf --node K --data DATADIR "
            "MOUNTPOINT\n", o.dir);
+    return 0;
+}
+
+/* ---- status ----------------------------------------------------------------- */
+
+struct status_opts {
+    const char *config;
+    bool json;
+};
+
+/* 0 parsed, 1 help printed, or an exit code after printing the error. */
+static int status_parse(int argc, char **argv, struct status_opts *o)
+{
+    o->config = NULL;
+    o->json = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        int m;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(status_usage_text, stdout);
+            return 1;
+        }
+        if (strcmp(a, "--json") == 0) {
+            o->json = true;
+        } else if ((m = option_value(argc, argv, &i, "--config", &v)) != 0) {
+            if (m < 0 || !*v)
+                return usage_error("status: --config needs the path of cluster.conf");
+            if (o->config)
+                return usage_error("status: --config given twice");
+            o->config = v;
+        } else if (a[0] == '-') {
+            return usage_error("status: unknown option '%s'; see 'paxfs status --help'", a);
+        } else {
+            return usage_error("status: unexpected argument '%s'; usage: paxfs status "
+                               "--config DIR/cluster.conf [--json]", a);
+        }
+    }
+    if (!o->config)
+        return usage_error("status: missing --config; usage: paxfs status --config "
+                           "DIR/cluster.conf [--json]");
+    return 0;
+}
+
+struct node_query {
+    struct net_status_client *client;
+    uint32_t node;
+    pthread_t thread;
+    bool threaded;
+    int rc;
+    struct net_status_reply reply;
+    char err[256];
+};
+
+static void *query_main(void *arg)
+{
+    struct node_query *q = arg;
+    q->rc = net_status_query(q->client, q->node, STATUS_TIMEOUT_MS, &q->reply, q->err,
+                             sizeof q->err);
+    return NULL;
+}
+
+/* Asks every node at once: the whole command takes about one timeout even
+ * when several nodes are down. A thread that cannot start asks inline. */
+static void query_all(struct net_status_client *client, uint32_t n, struct node_query *qs)
+{
+    for (uint32_t k = 1; k <= n; k++) {
+        struct node_query *q = &qs[k];
+        q->client = client;
+        q->node = k;
+        q->threaded = pthread_create(&q->thread, NULL, query_main, q) == 0;
+        if (!q->threaded)
+            query_main(q);
+    }
+    for (uint32_t k = 1; k <= n; k++)
+        if (qs[k].threaded)
+            pthread_join(qs[k].thread, NULL);
+}
+
+/* The reachable leader with the highest ballot (a deposed leader may still
+ * think it leads for a moment), or 0. */
+static uint32_t find_leader(uint32_t n, const struct node_query *qs)
+{
+    uint32_t best = 0;
+    for (uint32_t k = 1; k <= n; k++) {
+        const struct net_status_reply *r = &qs[k].reply;
+        if (qs[k].rc == 0 && r->role == NET_STATUS_LEADER && !r->failed &&
+            (!best || r->ballot > qs[best].reply.ballot))
+            best = k;
+    }
+    return best;
+}
+
+static void json_string(const char *s)
+{
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if (*p < 0x20)
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    putchar('"');
+}
+
+static uint64_t lag_of(const struct node_query *qs, uint32_t leader, uint32_t k)
+{
+    uint64_t commit = qs[leader].reply.commit, applied = qs[k].reply.applied;
+    return commit > applied ? commit - applied : 0;
+}
+
+static void print_json(const struct cluster_config *cc, const struct node_query *qs,
+                       uint32_t leader)
+{
+    char id[33];
+    config_cluster_id_hex(cc->cluster_id, id);
+    printf("{\"cluster\":\"%s\",\"leader\":", id);
+    if (leader)
+        printf("%u", leader);
+    else
+        printf("null");
+    printf(",\"nodes\":[");
+    for (uint32_t k = 1; k <= cc->n_nodes; k++) {
+        const struct node_query *q = &qs[k];
+        const struct net_status_reply *r = &q->reply;
+        char addr[CONFIG_HOST_BYTES + 16];
+        config_node_addr(&cc->nodes[k], addr, sizeof addr);
+        printf("%s{\"node\":%u,\"address\":", k > 1 ? "," : "", k);
+        json_string(addr);
+        if (q->rc != 0) {
+            printf(",\"reachable\":false,\"role\":null,\"leader\":null,\"ballot\":null,"
+                   "\"commit\":null,\"applied\":null,\"lag\":null,\"failed\":null,\"error\":");
+            json_string(q->err);
+            putchar('}');
+            continue;
+        }
+        printf(",\"reachable\":true,\"role\":\"%s\",\"leader\":", net_status_role_name(r->role));
+        if (r->leader)
+            printf("%u", r->leader);
+        else
+            printf("null");
+        printf(",\"ballot\":%" PRIu64 ",\"commit\":%" PRIu64 ",\"applied\":%" PRIu64 ",\"lag\":",
+               r->ballot, r->commit, r->applied);
+        if (leader)
+            printf("%" PRIu64, lag_of(qs, leader, k));
+        else
+            printf("null");
+        printf(",\"failed\":%s,\"error\":null}", r->failed ? "true" : "false");
+    }
+    printf("]}\n");
+}
+
+static void print_table(const struct cluster_config *cc, const struct node_query *qs,
+                        uint32_t leader)
+{
+    printf("%-5s %-22s %-10s %-10s %-10s %-10s %-10s %s\n", "NODE", "ADDRESS", "REACHABLE",
+           "ROLE", "BALLOT", "COMMIT", "APPLIED", "LAG");
+    uint32_t up = 0;
+    for (uint32_t k = 1; k <= cc->n_nodes; k++) {
+        const struct node_query *q = &qs[k];
+        const struct net_status_reply *r = &q->reply;
+        char addr[CONFIG_HOST_BYTES + 16];
+        config_node_addr(&cc->nodes[k], addr, sizeof addr);
+        if (q->rc != 0) {
+            printf("%-5u %-22s %-10s %-10s %-10s %-10s %-10s %-4s %s\n", k, addr, "no", "-", "-",
+                   "-", "-", "-", q->err);
+            continue;
+        }
+        up++;
+        char ballot[48], lag[24];
+        /* a ballot is (round, node): round.node reads better than the packed integer */
+        snprintf(ballot, sizeof ballot, "%" PRIu64 ".%u", ballot_round(r->ballot),
+                 ballot_node(r->ballot));
+        if (leader)
+            snprintf(lag, sizeof lag, "%" PRIu64, lag_of(qs, leader, k));
+        else
+            snprintf(lag, sizeof lag, "-");
+        printf("%-5u %-22s %-10s %-10s %-10s %-10" PRIu64 " %-10" PRIu64 " %s%s\n", k, addr,
+               "yes", net_status_role_name(r->role), ballot, r->commit, r->applied, lag,
+               r->failed ? "  FAILED: the replica stopped on an error, see its log" : "");
+    }
+    if (leader)
+        printf("%u of %u nodes reachable; leader: node %u\n", up, cc->n_nodes, leader);
+    else
+        printf("%u of %u nodes reachable; no leader reachable\n", up, cc->n_nodes);
+}
+
+static int cmd_status(int argc, char **argv)
+{
+    struct status_opts o;
+    int rc = status_parse(argc, argv, &o);
+    if (rc)
+        return rc == 1 ? 0 : rc;
+    static struct cluster_config cc; /* large: off the stack */
+    char err[1024];
+    if (config_load(o.config, &cc, err, sizeof err) != 0)
+        return usage_error("status: %s", err);
+    char dir[PATH_BYTES];
+    if (strlen(o.config) >= sizeof dir)
+        return usage_error("status: --config path is too long");
+    snprintf(dir, sizeof dir, "%s", o.config);
+    struct net_status_client *client;
+    if (net_status_client_new(&cc, dirname(dir), &client, err, sizeof err) != 0)
+        return usage_error("status: %s", err);
+    signal(SIGPIPE, SIG_IGN);
+    static struct node_query qs[CONFIG_NODES_MAX + 1];
+    memset(qs, 0, sizeof qs);
+    query_all(client, cc.n_nodes, qs);
+    net_status_client_free(client);
+    uint32_t leader = find_leader(cc.n_nodes, qs);
+    if (o.json)
+        print_json(&cc, qs, leader);
+    else
+        print_table(&cc, qs, leader);
+    fflush(stdout);
+    for (uint32_t k = 1; k <= cc.n_nodes; k++)
+        if (qs[k].rc != 0 || qs[k].reply.failed)
+            return EXIT_FINDING;
     return 0;
 }
 
@@ -451,7 +724,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "init") == 0)
         return cmd_init(argc - 1, argv + 1);
-    if (strcmp(cmd, "mount") == 0 || strcmp(cmd, "status") == 0 || strcmp(cmd, "fsck") == 0)
+    if (strcmp(cmd, "status") == 0)
+        return cmd_status(argc - 1, argv + 1);
+    if (strcmp(cmd, "mount") == 0 || strcmp(cmd, "fsck") == 0)
         return usage_error("'%s' is not available yet in this build", cmd);
     return usage_error("unknown command '%s'; run 'paxfs --help' for the list", cmd);
 }

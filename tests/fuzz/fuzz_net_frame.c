@@ -4,8 +4,10 @@
  * and how the rest of the input is cut into reads; the rest is the byte
  * stream a peer sent. Every frame handed out must be within the bounds, the
  * decoder must never read or write outside its buffers, and once it fails it
- * stays failed. The same bytes fed in one piece must give the same frames. */
+ * stays failed. HELLO, STATUS_REQ and STATUS_REPLY payloads (net/status.h)
+ * go through their decoders too. The same bytes fed in one piece must give the same frames. */
 #include "net/frame.h"
+#include "net/status.h"
 
 #include "base/crc32c.h"
 
@@ -19,6 +21,21 @@ static void check(bool ok)
 {
     if (!ok)
         abort();
+}
+
+/* A status reply decodes only when it is canonical: encoding what was
+ * decoded gives back the same bytes. */
+static void check_status_reply(const uint8_t *p, size_t len)
+{
+    struct net_status_reply r;
+    int rc = net_status_reply_decode(p, len, &r);
+    check(rc == 0 || rc == -EBADMSG);
+    if (rc == 0) {
+        uint8_t again[NET_STATUS_REPLY_BYTES];
+        check(len == NET_STATUS_REPLY_BYTES && r.node != 0 && r.role <= NET_STATUS_LEADER);
+        net_status_reply_encode(&r, again);
+        check(memcmp(again, p, len) == 0);
+    }
 }
 
 /* Feeds the stream in pieces of at most `chunk` bytes (0: as large as the
@@ -46,6 +63,12 @@ static uint32_t run(const uint8_t *p, size_t n, size_t payload_max, size_t chunk
                 struct net_hello h;
                 int hr = net_hello_decode(f.payload, f.len, &h);
                 check(hr == 0 || hr == -EBADMSG);
+            } else if (f.type == NET_FRAME_STATUS_REQ) {
+                uint32_t v;
+                int sr = net_status_req_decode(f.payload, f.len, &v);
+                check(sr == -EBADMSG || (sr == 0 && v >= 1));
+            } else if (f.type == NET_FRAME_STATUS_REPLY) {
+                check_status_reply(f.payload, f.len);
             }
         }
         if (rc < 0) {
