@@ -1,0 +1,427 @@
+#!/usr/bin/env bash
+# tests/test_mount.sh — a 3-node paxfs cluster mounted through FUSE on
+# loopback, checked from all three mounts. Prints TAP (`ok N name`).
+#
+# mnt1 and mnt2 use the default consistency (close-to-open), mnt3 is strict:
+# a change made through one mount must show in mnt3 at once, and in mnt1 and
+# mnt2 at once for anything that opens (cat, cmp, ls), or within the 1 s
+# cache timeout for a bare stat.
+#
+# Needs root (or a user allowed to mount FUSE), /dev/fuse and fusermount3;
+# skips otherwise. Environment (set by tests/meson.build):
+#   PAXFS_BIN        the paxfs command (init; mount once it dispatches it)
+#   PAXFS_MOUNT_DEV  `paxfs mount` alone, used while PAXFS_BIN has no mount
+# Everything lives in one mktemp directory; the EXIT trap unmounts and stops
+# the daemons this script started (by PID), also when a check fails. Every
+# wait is bounded.
+set -u
+export LC_ALL=C
+
+skip_all() {
+    echo "1..0 # SKIP $1"
+    exit 0
+}
+[ -n "${PAXFS_BIN:-}" ] || skip_all "PAXFS_BIN not set"
+[ -e /dev/fuse ] || skip_all "no /dev/fuse"
+command -v fusermount3 >/dev/null || skip_all "no fusermount3"
+[ "$(id -u)" -eq 0 ] || skip_all "needs root (chown checks, mknod)"
+
+INIT=("$PAXFS_BIN" init)
+if "$PAXFS_BIN" mount --help 2>/dev/null | grep -q 'paxfs mount'; then
+    MOUNT=("$PAXFS_BIN" mount)
+elif [ -n "${PAXFS_MOUNT_DEV:-}" ]; then
+    MOUNT=("$PAXFS_MOUNT_DEV" mount)
+else
+    skip_all "PAXFS_BIN has no mount command and PAXFS_MOUNT_DEV is not set"
+fi
+
+T=$(mktemp -d /tmp/paxfs-test-mount.XXXXXX)
+declare -a PIDS=(0 0 0 0)
+OPTS=("" "" "" "-o consistency=strict")
+n=0
+failed=0
+
+mnt() { echo "$T/mnt$1"; }
+
+is_mounted() {
+    awk -v m="$1" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo
+}
+
+stop_node() { # K: unmount, then stop the daemon we started
+    local k=$1 mp
+    mp=$(mnt "$k")
+    if is_mounted "$mp"; then
+        fusermount3 -u "$mp" 2>/dev/null || fusermount3 -u -z "$mp" 2>/dev/null
+    fi
+    local pid=${PIDS[$k]}
+    if [ "$pid" != 0 ]; then
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -TERM "$pid" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+        PIDS[$k]=0
+    fi
+}
+
+cleanup() {
+    for k in 1 2 3; do stop_node "$k"; done
+    for k in 1 2 3; do
+        for log in "$T/log$k" "$T/data$k/mount.log"; do
+            if grep -q 'Sanitizer' "$log" 2>/dev/null; then
+                echo "# sanitizer report in $log:"
+                grep -A 30 'Sanitizer' "$log" | sed 's/^/#   /' | head -40
+            fi
+        done
+    done
+    rm -rf "$T"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM # so that the EXIT trap runs on a meson timeout too
+
+start_node() { # K: starts the foreground daemon of node K in the background
+    local k=$1
+    mkdir -p "$(mnt "$k")"
+    # shellcheck disable=SC2086
+    "${MOUNT[@]}" --config "$T/cluster/cluster.conf" --node "$k" --data "$T/data$k" -f \
+        ${OPTS[$k]} "$(mnt "$k")" >>"$T/log$k" 2>&1 &
+    PIDS[$k]=$!
+}
+
+wait_mounted() { # K: up to 30 s
+    local k=$1
+    for _ in $(seq 300); do
+        is_mounted "$(mnt "$k")" && return 0
+        kill -0 "${PIDS[$k]}" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# The cluster, on a random base port; a port taken by someone else shows as
+# a daemon that exits at start: try another base.
+up=0
+for attempt in 1 2 3 4 5; do
+    port=$((20000 + RANDOM % 40000))
+    rm -rf "$T/cluster" "$T"/data? "$T"/log?
+    "${INIT[@]}" --nodes 3 --port "$port" "$T/cluster" >/dev/null || { echo "Bail out! paxfs init failed"; exit 1; }
+    for k in 1 2 3; do start_node "$k"; done
+    up=1
+    for k in 1 2 3; do wait_mounted "$k" || up=0; done
+    [ $up = 1 ] && break
+    echo "# attempt $attempt (port $port) did not come up:"
+    tail -n 3 "$T"/log? 2>/dev/null | sed 's/^/#   /'
+    for k in 1 2 3; do stop_node "$k"; done
+done
+[ $up = 1 ] || { echo "Bail out! the mounts did not come up"; exit 1; }
+M1=$(mnt 1) M2=$(mnt 2) M3=$(mnt 3)
+
+# ---- check helpers -------------------------------------------------------
+
+ok() {
+    n=$((n + 1))
+    echo "ok $n $1"
+}
+not_ok() {
+    n=$((n + 1))
+    failed=$((failed + 1))
+    echo "not ok $n $1"
+    [ -s "$T/out" ] && sed 's/^/#   /' "$T/out" | head -20
+}
+# check NAME CMD...: CMD must succeed now.
+check() {
+    local name=$1
+    shift
+    if "$@" >"$T/out" 2>&1; then ok "$name"; else not_ok "$name"; fi
+}
+# eventually NAME CMD...: CMD must succeed within 3 s (kernel caches of a
+# close-to-open mount that nothing invalidated yet live 1 s).
+eventually() {
+    local name=$1
+    shift
+    for _ in $(seq 30); do
+        if "$@" >"$T/out" 2>&1; then ok "$name"; return; fi
+        sleep 0.1
+    done
+    not_ok "$name"
+}
+# same_content FILE REF: FILE is byte-identical to REF on every mount.
+same_content() {
+    local rel=$1 ref=$2 rc=0
+    for m in "$M1" "$M2" "$M3"; do cmp "$ref" "$m/$rel" || rc=1; done
+    return $rc
+}
+equals() { # EXPECTED CMD...: CMD prints EXPECTED
+    local want=$1 got
+    shift
+    got=$("$@") || return 1
+    [ "$got" = "$want" ] || { echo "want '$want' got '$got'"; return 1; }
+}
+# errno_of CMD...: the error message CMD printed (LC_ALL=C strerror text)
+fails_with() { # MESSAGE CMD...
+    local msg=$1 out
+    shift
+    if out=$("$@" 2>&1); then echo "succeeded: $out"; return 1; fi
+    case $out in *"$msg"*) return 0 ;; esac
+    echo "want '$msg' got '$out'"
+    return 1
+}
+# The metadata of a whole tree, as a sorted listing (no atime: reads on one
+# host do not update it on the others).
+tree_meta() {
+    (cd "$1" && find . -printf '%p %y %s %m %U %G %n %T@ %l\n' | sort)
+}
+
+ref=$T/ref
+mkdir -p "$ref"
+
+# ---- basic operations, seen from all mounts -------------------------------
+
+printf 'hello paxfs\n' >"$M1/hello"
+printf 'hello paxfs\n' >"$ref/hello"
+check "create + write on mnt1, same bytes on all mounts" same_content hello "$ref/hello"
+
+printf 'XY' | dd of="$M1/hello" bs=1 seek=3 conv=notrunc status=none
+printf 'XY' | dd of="$ref/hello" bs=1 seek=3 conv=notrunc status=none
+check "overwrite in place, same bytes on all mounts" same_content hello "$ref/hello"
+
+printf 'appended\n' >>"$M1/hello"
+printf 'appended\n' >>"$ref/hello"
+check "append, same bytes on all mounts" same_content hello "$ref/hello"
+
+truncate -s 5 "$M1/hello"
+truncate -s 5 "$ref/hello"
+check "truncate shrinks; strict mnt3 sees size 5 at once" equals 5 stat -c %s "$M3/hello"
+check "truncate, same bytes on all mounts" same_content hello "$ref/hello"
+truncate -s 20 "$M1/hello"
+truncate -s 20 "$ref/hello"
+check "truncate grows with zeros, same bytes on all mounts" same_content hello "$ref/hello"
+
+mkdir "$M1/dir"
+check "mkdir on mnt1, strict mnt3 sees it at once" test -d "$M3/dir"
+check "mkdir, mnt2 lists it" bash -c "ls '$M2' | grep -qx dir"
+mkdir "$M1/gone"
+rmdir "$M1/gone"
+check "rmdir on mnt1, strict mnt3 has no such name" test ! -e "$M3/gone"
+eventually "rmdir, mnt2 has no such name" test ! -e "$M2/gone"
+
+printf 'move me\n' >"$M1/dir/a"
+mv "$M1/dir/a" "$M1/dir/b"
+check "rename on mnt1: strict mnt3 sees the new name only" \
+    bash -c "test ! -e '$M3/dir/a' && test -f '$M3/dir/b'"
+check "rename: mnt2 reads the file under its new name" equals "move me" cat "$M2/dir/b"
+
+ln "$M1/dir/b" "$M1/dir/hard"
+check "link: nlink 2 on strict mnt3" equals 2 stat -c %h "$M3/dir/b"
+check "link: same inode under both names on mnt2" \
+    bash -c "test \$(stat -c %i '$M2/dir/b') = \$(stat -c %i '$M2/dir/hard')"
+
+ln -s b "$M1/dir/sym"
+check "symlink: target on strict mnt3" equals b readlink "$M3/dir/sym"
+check "symlink: followed on mnt2" equals "move me" cat "$M2/dir/sym"
+
+chmod 640 "$M1/dir/b"
+check "chmod on mnt1, strict mnt3 sees 640" equals 640 stat -c %a "$M3/dir/b"
+eventually "chmod, mnt2 sees 640" equals 640 stat -c %a "$M2/dir/b"
+
+chown 1234:5678 "$M1/dir/b"
+check "chown on mnt1, strict mnt3 sees 1234:5678" equals 1234:5678 stat -c %u:%g "$M3/dir/b"
+
+touch -m -d '2001-02-03 04:05:06 UTC' "$M1/dir/b"
+check "utimes on mnt1, strict mnt3 sees the mtime" equals 981173106 stat -c %Y "$M3/dir/b"
+touch "$M1/dir/b"
+check "utimes now: mtime within 60 s of this host's clock" \
+    bash -c "d=\$(( \$(date +%s) - \$(stat -c %Y '$M3/dir/b') )); [ \$d -ge -60 ] && [ \$d -le 60 ]"
+
+if command -v python3 >/dev/null; then
+    xattr_set() { python3 -c 'import os,sys; os.setxattr(sys.argv[1], "user.color", b"blue")' "$1"; }
+    xattr_get() { python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "user.color").decode())' "$1"; }
+    xattr_list() { python3 -c 'import os,sys; print(",".join(sorted(os.listxattr(sys.argv[1]))))' "$1"; }
+    xattr_rm() { python3 -c 'import os,sys; os.removexattr(sys.argv[1], "user.color")' "$1"; }
+    xattr_set "$M1/dir/b"
+    check "setxattr on mnt1, getxattr on strict mnt3" equals blue xattr_get "$M3/dir/b"
+    eventually "listxattr on mnt2" equals user.color xattr_list "$M2/dir/b"
+    xattr_rm "$M1/dir/b"
+    check "removexattr on mnt1, gone on strict mnt3 (ENODATA)" fails_with "No data available" \
+        xattr_get "$M3/dir/b"
+else
+    for name in "setxattr/getxattr" "listxattr" "removexattr"; do
+        n=$((n + 1)); echo "ok $n $name # SKIP no python3"
+    done
+fi
+
+mkfifo "$M1/fifo"
+check "mkfifo on mnt1: a fifo on strict mnt3" test -p "$M3/fifo"
+mknod "$M1/null" c 1 3
+check "mknod c 1 3 on mnt1: char device 1,3 on strict mnt3" \
+    equals "character special file 1 3" stat -c '%F %t %T' "$M3/null"
+
+# ---- error codes ---------------------------------------------------------
+
+check "mkdir of an existing name is EEXIST" fails_with "File exists" mkdir "$M1/dir"
+check "rmdir of a non-empty directory is ENOTEMPTY" fails_with "Directory not empty" rmdir "$M2/dir"
+check "reading a missing file is ENOENT" fails_with "No such file or directory" cat "$M3/nothing"
+check "rmdir of a file is ENOTDIR" fails_with "Not a directory" rmdir "$M1/hello"
+
+# ---- cross-mount visibility ---------------------------------------------
+
+head -c 100000 /dev/urandom >"$ref/x2"
+cp "$ref/x2" "$M2/x2"
+check "written and closed on mnt2: mnt1 and mnt3 read it at once" same_content x2 "$ref/x2"
+
+printf 'v1\n' >"$M2/vis"
+mv "$M2/vis" "$M2/vis2"
+check "rename on mnt2 seen on strict mnt3 at once" \
+    bash -c "test ! -e '$M3/vis' && test -e '$M3/vis2'"
+chmod 600 "$M2/vis2"
+check "chmod on mnt2 seen on strict mnt3 at once" equals 600 stat -c %a "$M3/vis2"
+truncate -s 1 "$M2/vis2"
+check "truncate on mnt2 seen on strict mnt3 at once" equals 1 stat -c %s "$M3/vis2"
+rm "$M2/vis2"
+check "unlink on mnt2 seen on strict mnt3 at once" test ! -e "$M3/vis2"
+eventually "unlink on mnt2 seen on mnt1" test ! -e "$M1/vis2"
+
+# ---- concurrent O_APPEND from two mounts ---------------------------------
+
+appender() { # MOUNT TAG COUNT
+    local i
+    for i in $(seq "$3"); do echo "$2 line $i" >>"$1/applog" || return 1; done
+}
+appender "$M1" one 200 &
+a1=$!
+appender "$M2" two 200 &
+a2=$!
+wait $a1; r1=$?
+wait $a2; r2=$?
+check "two mounts appending concurrently: both loops succeed" test $r1 = 0 -a $r2 = 0
+for k in 1 2 3; do
+    check "concurrent appends: 400 distinct lines on mnt$k" \
+        bash -c "test \$(sort -u '$(mnt $k)/applog' | wc -l) = 400 && test \$(wc -l < '$(mnt $k)/applog') = 400"
+done
+
+# ---- a 16 MiB file, a sparse file -----------------------------------------
+
+head -c $((16 << 20)) /dev/urandom >"$ref/big"
+cp "$ref/big" "$M1/big"
+check "16 MiB file copied into mnt1 is identical on all mounts" same_content big "$ref/big"
+
+truncate -s 5G "$M1/sparse"
+check "sparse 5 GiB file: size on strict mnt3" equals 5368709120 stat -c %s "$M3/sparse"
+check "sparse 5 GiB file: du under 1 MiB" bash -c "test \$(du -k '$M1/sparse' | cut -f1) -lt 1024"
+check "sparse file: a hole reads as zeros on mnt2" \
+    bash -c "dd if='$M2/sparse' bs=1M skip=4096 count=1 status=none | cmp - <(head -c 1048576 /dev/zero)"
+printf 'tail' | dd of="$M1/sparse" bs=1 seek=$((5 << 30)) conv=notrunc status=none
+check "sparse file: a write past the hole, read on mnt3" \
+    equals tail bash -c "dd if='$M3/sparse' bs=1 skip=$((5 << 30)) status=none"
+
+# ---- unlinked while open -------------------------------------------------
+
+printf 'still here\n' >"$M1/open-unlinked"
+exec 3<"$M1/open-unlinked"
+rm "$M1/open-unlinked"
+check "unlinked file: the name is gone on strict mnt3" test ! -e "$M3/open-unlinked"
+sleep 0.5 # the orphan thread runs every 200 ms: it must not release what is open
+check "unlinked while open: still readable through the fd" equals "still here" cat <&3
+exec 3<&-
+
+# ---- a follower killed while writing, restarted --------------------------
+
+writer() {
+    local i
+    for i in $(seq 100); do echo "w $i" >"$M1/during-$i" || return 1; done
+}
+writer &
+w=$!
+sleep 0.3
+kill -KILL "${PIDS[3]}"
+wait "${PIDS[3]}" 2>/dev/null
+PIDS[3]=0
+wait $w
+check "writes on mnt1 go on while node 3 is killed" test $? = 0
+fusermount3 -u "$M3" 2>/dev/null || fusermount3 -u -z "$M3"
+# This time as a daemon: paxfs mount returns 0 only once the mount is up.
+# Its PID is the process whose command line names our (unique) data dir.
+start_daemon() { # K
+    local k=$1 p
+    "${MOUNT[@]}" --config "$T/cluster/cluster.conf" --node "$k" --data "$T/data$k" \
+        ${OPTS[$k]} "$(mnt "$k")" || return 1
+    is_mounted "$(mnt "$k")" || { echo "returned before the mount was up"; return 1; }
+    for p in /proc/[0-9]*; do
+        if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "--data $T/data$k "; then
+            PIDS[$k]=${p#/proc/}
+        fi
+    done
+    [ "${PIDS[$k]}" != 0 ] || { echo "daemon pid not found"; return 1; }
+}
+check "node 3 restarts as a daemon: exit 0 once mounted" start_daemon 3
+check "restarted node 3 shows the files written meanwhile" \
+    bash -c "test \$(ls '$M3' | grep -c '^during-') = 100"
+check "restarted node 3 reads the 16 MiB file identically" cmp "$ref/big" "$M3/big"
+
+# ---- bad input -----------------------------------------------------------
+
+# bad_input NAME ARGS...: exit 2, one line on stderr, nothing created.
+bad_input() {
+    local name=$1
+    shift
+    local before after rc s=$T/scratch
+    mkdir -p "$s"
+    before=$(ls "$T")
+    "${MOUNT[@]}" "$@" >"$s/bad.out" 2>"$s/bad.err"
+    rc=$?
+    after=$(ls "$T")
+    [ "$before" = "$after" ] || echo "$T changed: $after" >>"$s/bad.err"
+    if [ $rc = 2 ] && [ "$(wc -l <"$s/bad.err")" = 1 ] && [ ! -s "$s/bad.out" ]; then
+        ok "$name"
+        echo "#   $(cat "$s/bad.err")"
+    else
+        cp "$s/bad.err" "$T/out"
+        echo "exit $rc" >>"$T/out"
+        not_ok "$name"
+    fi
+}
+CONF=$T/cluster/cluster.conf
+"${INIT[@]}" --nodes 3 --port $((port + 10)) "$T/other" >/dev/null
+mkdir "$T/spare"
+bad_input "bad input: missing mountpoint is exit 2" --config "$CONF" --node 1 --data "$T/newdata" "$T/no-such-dir"
+bad_input "bad input: node 9 not in the cluster is exit 2" --config "$CONF" --node 9 --data "$T/newdata" "$T/spare"
+bad_input "bad input: unreadable config is exit 2" --config "$T/no/cluster.conf" --node 1 --data "$T/newdata" "$T/spare"
+bad_input "bad input: data dir of another cluster is exit 2" --config "$T/other/cluster.conf" --node 1 --data "$T/data1" "$T/spare"
+bad_input "bad input: busy mountpoint is exit 2" --config "$CONF" --node 1 --data "$T/newdata" "$M1"
+bad_input "bad input: unknown -o option is exit 2" --config "$CONF" --node 1 --data "$T/newdata" -o bogus "$T/spare"
+bad_input "bad input: bad consistency mode is exit 2" --config "$CONF" --node 1 --data "$T/newdata" -o consistency=sometimes "$T/spare"
+bad_input "bad input: missing --node is exit 2" --config "$CONF" --data "$T/newdata" "$T/spare"
+
+# ---- all three mounts agree ----------------------------------------------
+
+rm -f "$M1/fifo" "$M1/null" # diff would open them
+for k in 2 3; do
+    eventually "mnt1 and mnt$k hold the same tree (diff -r)" diff -r --no-dereference "$M1" "$(mnt $k)"
+    eventually "mnt1 and mnt$k hold the same metadata" \
+        diff <(tree_meta "$M1") <(tree_meta "$(mnt $k)")
+done
+
+# ---- clean shutdown ------------------------------------------------------
+
+# SIGTERM for node 1, fusermount3 -u for nodes 2 and 3: each daemon exits 0,
+# its sanitizers silent.
+shutdown_ok() {
+    local k=$1 how=$2 pid=${PIDS[$1]} rc
+    if [ "$how" = term ]; then kill -TERM "$pid"; else fusermount3 -u "$(mnt "$k")"; fi
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    wait "$pid" 2>/dev/null
+    rc=$?
+    [ $rc = 127 ] && rc=0 # not our child (the daemon): its exit code is not ours to see
+    PIDS[$k]=0
+    for log in "$T/log$k" "$T/data$k/mount.log"; do
+        if grep -q Sanitizer "$log" 2>/dev/null; then grep -A 12 Sanitizer "$log"; return 1; fi
+    done
+    is_mounted "$(mnt "$k")" && { echo "still mounted"; return 1; }
+    [ $rc = 0 ] || { echo "exit $rc"; tail -n 5 "$T/log$k"; return 1; }
+}
+check "SIGTERM unmounts node 1; exit 0, sanitizers silent" shutdown_ok 1 term
+check "fusermount3 -u stops node 2; exit 0, sanitizers silent" shutdown_ok 2 umount
+check "fusermount3 -u stops node 3; exit 0, sanitizers silent" shutdown_ok 3 umount
+
+echo "1..$n"
+[ $failed = 0 ]
