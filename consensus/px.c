@@ -185,6 +185,14 @@ struct pending {
     uint8_t retries;        /* since the last leader change; backs off */
 };
 
+/* A read index asked of the leader; given up (-EAGAIN, so the caller asks
+ * again) if no answer comes within an election timeout: the request or its
+ * answer may have been lost. */
+struct fwd_read {
+    uint64_t id;
+    uint64_t asked_tick;
+};
+
 struct read_req {
     uint64_t id;
     uint32_t from;     /* 0: this node asked */
@@ -273,7 +281,7 @@ struct px_node {
     /* reads */
     struct read_req *reads;
     size_t n_reads, cap_reads;
-    uint64_t *fwd_reads; /* follower: ids asked of the leader */
+    struct fwd_read *fwd_reads; /* follower: reads asked of the leader */
     size_t n_fwd_reads, cap_fwd_reads;
 
     /* own proposals, seq in [pending_low, next_seq) */
@@ -793,7 +801,7 @@ static void follow_leader(struct px_node *n, uint32_t from, uint64_t ballot)
         pending_resend_all(n);
         /* reads asked of an earlier leader will never be answered */
         for (size_t i = 0; i < n->n_fwd_reads; i++)
-            read_done(n, n->fwd_reads[i], 0, -EAGAIN);
+            read_done(n, n->fwd_reads[i].id, 0, -EAGAIN);
         n->n_fwd_reads = 0;
     }
 }
@@ -917,9 +925,9 @@ static void on_snapshot_needed(struct px_node *n, const struct px_msg *m)
 static void on_read_index_reply(struct px_node *n, const struct px_msg *m)
 {
     for (size_t i = 0; i < n->n_fwd_reads; i++) {
-        if (n->fwd_reads[i] != m->aux)
+        if (n->fwd_reads[i].id != m->aux)
             continue;
-        read_done(n, m->aux, m->slot, m->slot ? 0 : -EAGAIN);
+        read_done(n, m->aux, m->slot, m->ballot ? 0 : -EAGAIN);
         n->fwd_reads[i] = n->fwd_reads[--n->n_fwd_reads];
         return;
     }
@@ -1293,6 +1301,7 @@ static void leader_reads_progress(struct px_node *n)
             struct px_msg *r = emit(n, PX_MSG_READ_INDEX_REPLY, rq->from);
             r->aux = rq->id;
             r->slot = rq->index;
+            r->ballot = n->ballot; /* confirmed at this ballot; 0 means refused */
         }
     }
     n->n_reads = k;
@@ -1536,6 +1545,14 @@ void px_tick(struct px_node *n)
     if (n->role != PX_LEADER && n->commit < n->leader_commit &&
         n->now - n->fetch_tick >= 4 * (uint64_t)n->cfg.ticks_heartbeat)
         send_fetch(n, n->leader ? n->leader : 0);
+    for (size_t i = 0; i < n->n_fwd_reads;) {
+        if (n->now - n->fwd_reads[i].asked_tick >= n->cfg.ticks_election) {
+            read_done(n, n->fwd_reads[i].id, 0, -EAGAIN);
+            n->fwd_reads[i] = n->fwd_reads[--n->n_fwd_reads];
+        } else {
+            i++;
+        }
+    }
     /* A snapshot request that led nowhere may be asked again. */
     if (n->snapshot_pending && n->now - n->snapshot_tick >= 20 * (uint64_t)n->cfg.ticks_election)
         n->snapshot_pending = false;
@@ -1573,7 +1590,7 @@ void px_read_index(struct px_node *n, uint64_t id)
         leader_add_read(n, id, 0);
     } else if (n->leader && n->n_fwd_reads < 4 * PX_SESSION_WINDOW) {
         GROW(n->fwd_reads, n->n_fwd_reads, n->cap_fwd_reads);
-        n->fwd_reads[n->n_fwd_reads++] = id;
+        n->fwd_reads[n->n_fwd_reads++] = (struct fwd_read){id, n->now};
         struct px_msg *m = emit(n, PX_MSG_READ_INDEX, n->leader);
         m->aux = id;
     } else {

@@ -120,7 +120,8 @@ enum px_msg_type {
     PX_MSG_CHOSEN,           /* commit, entries = chosen (slot, ballot, value) */
     PX_MSG_SNAPSHOT_NEEDED,  /* slot = the sender's snapshot slot */
     PX_MSG_READ_INDEX,       /* aux = read id */
-    PX_MSG_READ_INDEX_REPLY, /* aux = read id, slot = read index, 0 = refused */
+    PX_MSG_READ_INDEX_REPLY, /* aux = read id, slot = read index, ballot = the confirming
+                              * leader's ballot, 0 = refused: ask again */
     PX_MSG_TYPE_MAX = PX_MSG_READ_INDEX_REPLY,
 };
 

@@ -571,6 +571,31 @@ Test(px, retried_proposals_do_not_pile_up_as_duplicates)
     cluster_fini();
 }
 
+
+Test(px, lost_read_index_request_is_given_up_so_it_can_be_asked_again)
+{
+    /* Regression (found by the mount tests): a follower's READ_INDEX that
+     * never reached the leader left the read waiting until op_timeout. */
+    cluster_init(3);
+    int l = elect();
+    int f = l % 3 + 1;
+    C.drop_type = PX_MSG_READ_INDEX;
+    px_read_index(C.nodes[f].px, 9);
+    drain(f);
+    stabilize();
+    tick_all(25);
+    cr_assert_eq(C.nodes[f].n_reads, 1);
+    cr_assert_eq(C.nodes[f].reads[0].id, 9);
+    cr_assert_eq(C.nodes[f].reads[0].status, -EAGAIN);
+    C.drop_type = 0;
+    px_read_index(C.nodes[f].px, 10);
+    drain(f);
+    stabilize();
+    cr_assert_eq(C.nodes[f].n_reads, 2);
+    cr_assert_eq(C.nodes[f].reads[1].status, 0, "asked again, it is answered (status %d id %llu)", C.nodes[f].reads[1].status, (unsigned long long)C.nodes[f].reads[1].id);
+    cluster_fini();
+}
+
 /* ---- exactly-once table ---- */
 
 Test(dedup, records_and_reports_results)
