@@ -156,7 +156,7 @@ int host_open(const struct host_options *o, struct host **out, char *err, size_t
     rcfg.tick_ms = h->cluster.tick_ms;
     rcfg.ticks_election = h->cluster.election_ticks;
     rcfg.ticks_heartbeat = h->cluster.heartbeat_ticks;
-    rcfg.op_timeout_ms = h->cluster.op_timeout_s * 1000;
+    rcfg.op_timeout_ms = o->op_timeout_ms ? o->op_timeout_ms : h->cluster.op_timeout_s * 1000;
     rcfg.sm = o->sm;
     rcfg.transport = (struct replica_transport){h, send_msg};
     rc = replica_open(&rcfg, &h->replica);

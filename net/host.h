@@ -25,6 +25,7 @@ struct host_options {
     uint32_t node;
     const char *data_dir;    /* created if missing */
     struct replica_sm sm;
+    uint32_t op_timeout_ms;  /* 0: the cluster's op_timeout_s */
 };
 
 /* Loads the config, checks the data directory, opens the replica and the

@@ -24,6 +24,7 @@
  * to do. */
 #include "base/buf.h"
 #include "consensus/ballot.h"
+#include "fs/mount.h"
 #include "fs/store.h"
 #include "net/config.h"
 #include "net/pki.h"
@@ -726,7 +727,9 @@ int main(int argc, char **argv)
         return cmd_init(argc - 1, argv + 1);
     if (strcmp(cmd, "status") == 0)
         return cmd_status(argc - 1, argv + 1);
-    if (strcmp(cmd, "mount") == 0 || strcmp(cmd, "fsck") == 0)
+    if (strcmp(cmd, "mount") == 0)
+        return mnt_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "fsck") == 0)
         return usage_error("'%s' is not available yet in this build", cmd);
     return usage_error("unknown command '%s'; run 'paxfs --help' for the list", cmd);
 }
