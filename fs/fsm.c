@@ -1311,12 +1311,74 @@ static int data_inode(struct fsm *f, uint64_t ino, struct inode **out)
     return 0;
 }
 
+/* WRITE with FSM_WRITE_BLOCKS (fsm.h): whole blocks, encoded by the
+ * proposer. Parses the whole list first (so a bad one changes nothing),
+ * then stores every block, then maps them. */
+static int64_t op_write_blocks(struct fsm *f, struct inode *in, const struct fsm_op *op,
+                               struct fsm_changes *ch)
+{
+    if (op->flags != FSM_WRITE_BLOCKS || op->offset % f->bs != 0)
+        return -EINVAL;
+    struct reader r;
+    size_t count = 0;
+    reader_init(&r, op->data, op->data_len);
+    for (; reader_left(&r) > 0 && count <= FSM_DATA_MAX / FSM_WRITE_BLOCK_ENTRY_HDR; count++) {
+        struct store_name name;
+        memcpy(name.b, get_bytes(&r, STORE_NAME_LEN), STORE_NAME_LEN);
+        uint32_t len = get_u32(&r);
+        const uint8_t *file = get_bytes(&r, len);
+        struct store_block_hdr h;
+        if (!reader_ok(&r))
+            return -EINVAL;
+        if (len == 0 ? !store_name_is_none(&name)
+                     : store_name_is_none(&name) || store_block_hdr_decode(file, len, &h) != 0 ||
+                           h.plain_len != f->bs)
+            return -EINVAL;
+    }
+    if (count == 0 || reader_left(&r) > 0)
+        return -EINVAL;
+    uint64_t n = (uint64_t)count * f->bs;
+    if (op->offset > FSM_FILE_SIZE_MAX || n > FSM_FILE_SIZE_MAX - op->offset)
+        return -EFBIG;
+    struct pend *p = xcalloc(count, sizeof *p);
+    reader_init(&r, op->data, op->data_len);
+    for (size_t k = 0; k < count; k++) {
+        memcpy(p[k].name.b, get_bytes(&r, STORE_NAME_LEN), STORE_NAME_LEN);
+        uint32_t len = get_u32(&r);
+        const uint8_t *file = get_bytes(&r, len);
+        p[k].index = op->offset / f->bs + k;
+        p[k].len = len ? f->bs : 0;
+        if (len == 0)
+            continue;
+        int rc = store_put_encoded_trusted(f->store, &p[k].name, file, len);
+        if (rc != 0) {
+            LOG_E("fsm: cannot store block ino=%llu index=%llu rc=%d "
+                  "(this replica may diverge; fsck repairs it)",
+                  (unsigned long long)in->ino, (unsigned long long)p[k].index, rc);
+            pend_undo(f, p, k);
+            free(p);
+            return -EIO;
+        }
+    }
+    for (size_t k = 0; k < count; k++)
+        bmap_set(f, in, &p[k]);
+    free(p);
+    in->size = MAX(in->size, op->offset + n);
+    in->mtime_ns = in->ctime_ns = op->now_ns;
+    if (op->uid != 0)
+        kill_suid(in);
+    ch_inode(ch, in->ino);
+    return (int64_t)n;
+}
+
 static int64_t op_write(struct fsm *f, const struct fsm_op *op, struct fsm_changes *ch)
 {
     struct inode *in;
     int rc = data_inode(f, op->ino, &in);
     if (rc != 0)
         return rc;
+    if (op->flags & FSM_WRITE_BLOCKS)
+        return op_write_blocks(f, in, op, ch);
     if (op->flags & ~FSM_WRITE_APPEND)
         return -EINVAL;
     /* O_APPEND takes the size at apply, so appenders on different hosts

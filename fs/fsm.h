@@ -101,6 +101,18 @@ enum fsm_op_type {
 #define FSM_SET_MTIME_NOW (1u << 8)
 
 #define FSM_WRITE_APPEND 1u
+/* WRITE of whole blocks already encoded by the proposer (store_encode), so
+ * that replicas store them without hashing or compressing them again
+ * (store_put_encoded_trusted). offset is a multiple of the block size and
+ * data is a list of entries, one per block from offset on:
+ *     name[32]  u32 file_len (little-endian)  file[file_len]
+ * where each file decodes to exactly one block size of plain bytes, or
+ * file_len is 0 and the name is STORE_NAME_NONE for a block of zeros (a
+ * hole). The result is the plain bytes written. Not with APPEND; a list
+ * that does not parse is -EINVAL at apply. Entry and block checks happen at
+ * apply (they need the block size). */
+#define FSM_WRITE_BLOCKS 2u
+#define FSM_WRITE_BLOCK_ENTRY_HDR 36u
 
 /* A decoded op. Strings and data are borrowed from the encoded bytes
  * (decode) or from the caller (encode); strings are NOT NUL-terminated. */

@@ -28,6 +28,10 @@
  *  1. A file appears under its name only complete: it is written to tmp/,
  *     fdatasync()ed, renamed into its shard and the shard dir fsync()ed.
  *     A file under a name is immutable; only GC and quarantine remove it.
+ *     With defer_sync (below) the two syncs are skipped: after a crash a
+ *     name may then hold an empty, short or torn file, which the dedup
+ *     check of the next put of that block detects (header CRC and exact
+ *     size) and rewrites, and which a read never serves (invariant 2).
  *  2. Nothing reaches a caller (data, the cache, a peer) unless its header,
  *     lengths, zstd frame and SHA-256 all check. A block file that fails is
  *     -EBADMSG and is moved to corrupt/, so that the caller's repair (fetch
@@ -129,7 +133,22 @@ struct store_config {
                              level reads any block); 0 is zstd's default */
     size_t cache_bytes;   /* LRU of verified plain blocks; 0 disables it */
     uint32_t node_id;     /* for log lines only */
+    bool defer_sync;      /* skip each put's fdatasync and directory fsync
+                             (see below); false, the default, keeps them */
 };
+
+/* defer_sync is for a caller that can write every block again after a
+ * crash, which is the replicated state machine's case: a block is put only
+ * when an op is applied, the op's bytes are already durable in this
+ * replica's WAL (and on a majority) before apply runs, and at start-up the
+ * replica re-applies its whole log, so every put is repeated. A block file
+ * that the crash left empty, short or with a bad header fails the dedup
+ * check of that repeated put and is written afresh; one whose header and
+ * size survived but whose payload did not (the file system wrote the first
+ * page and the size but not the rest) is caught by the SHA-256 check of
+ * every read and repaired from a peer like any other corrupt block. What
+ * the caller gives up is only this: before it drops the means of rewriting
+ * (truncating the WAL after a snapshot) it must call store_sync. */
 
 /* Fills the defaults for root. */
 void store_config_init(struct store_config *cfg, const char *root);
@@ -166,8 +185,10 @@ uint32_t store_block_size(const struct store *s);
 /* Stores data[0..len) (1 <= len <= block_size) as a block, writes its name
  * to *out_name and adds exactly one reference to it, which the caller keeps
  * (in a block map) or drops with store_unref. If the block is already on
- * disk this costs a stat, not a write (a dedup hit). On return 0 the block
- * is durable under its name. On error no reference is added and no partial
+ * disk this costs reading its header, not a write (a dedup hit); a file
+ * whose header or size is wrong is moved aside and written afresh. On
+ * return 0 the block is durable under its name (with defer_sync: once
+ * store_sync returns). On error no reference is added and no partial
  * file is visible under the name. -EINVAL for a bad len, -EIO/-ENOSPC/...
  * from the disk. */
 int store_put(struct store *s, const void *data, size_t len, struct store_name *out_name);
@@ -181,6 +202,24 @@ int store_put(struct store *s, const void *data, size_t len, struct store_name *
  * verified. The file is stored as received, not re-encoded. */
 int store_put_encoded(struct store *s, const struct store_name *name,
                       const void *file, size_t len);
+
+/* Like store_put_encoded, but a new block's payload is not decompressed or
+ * hashed: only its header and length are checked. For block files made by
+ * store_encode on the node that proposed them and carried here inside an
+ * op chosen by consensus: the bytes crossed only mutually authenticated
+ * TLS (an AEAD tag on every record) and this replica's WAL (a CRC32C on
+ * every record), so what arrives is what the proposer encoded, and hashing
+ * it again on every replica would triple the write path's dominant cost
+ * (SHA-256). The read path still verifies everything (invariant 2). */
+int store_put_encoded_trusted(struct store *s, const struct store_name *name,
+                              const void *file, size_t len);
+
+/* Encodes data[0..len) (1 <= len <= block_size) as a block file, exactly as
+ * store_put would store it, into out[0..cap) (cap >=
+ * store_file_max(block_size), else -ENOBUFS) and its name into *out_name;
+ * stores nothing. -EINVAL for a bad len. */
+int store_encode(struct store *s, const void *data, size_t len, struct store_name *out_name,
+                 void *out, size_t cap, size_t *out_len);
 
 /* Reads the block called name into out[0..cap) and its length into *len.
  * -ENOENT: no such block. -EBADMSG: the file failed verification (it is
@@ -226,6 +265,12 @@ uint64_t store_refcount(struct store *s, const struct store_name *name);
  * that, every block is unreferenced and would go. Concurrent puts, refs and
  * unrefs are safe (invariant 4). */
 int store_gc(struct store *s, uint64_t *freed);
+
+/* Makes every block file written so far durable: syncfs() of the file
+ * system that holds the store (one call for any number of deferred puts).
+ * -EIO (or the errno of syncfs) if the disk failed. Fault point
+ * "store.sync". */
+int store_sync(struct store *s);
 
 void store_get_stats(struct store *s, struct store_stats *out);
 /* Empties the LRU cache (benchmarks, tests). */
