@@ -122,6 +122,12 @@ const char *px_msg_type_name(uint8_t type)
     return type <= PX_MSG_TYPE_MAX ? names[type] : "unknown";
 }
 
+bool px_msg_after_persist(uint8_t type)
+{
+    return type == PX_MSG_PROMISE || type == PX_MSG_ACCEPTED || type == PX_MSG_HEARTBEAT_ACK ||
+           type == PX_MSG_REJECT;
+}
+
 void px_msg_clear(struct px_msg *m)
 {
     for (uint32_t i = 0; i < m->n_entries; i++)

@@ -11,13 +11,20 @@
  *   px_advance(&rd)   the caller has done all of that
  *
  * The caller's order for one ready batch is fixed (etcd-io/raft doc.go):
- *   1. persist rd.promised (if changed), rd.persist[] and rd.commit, and
+ *   1. send the messages that promise nothing (px_msg_after_persist() is
+ *      false: requests such as ACCEPT, PREPARE, HEARTBEAT), so that peers
+ *      write to their disks while this node writes to its own (Raft thesis
+ *      §10.2.1);
+ *   2. persist rd.promised (if changed), rd.persist[] and rd.commit, and
  *      sync them to stable storage;
- *   2. only then send rd.msgs[] (they may promise what step 1 stored);
- *   3. apply rd.apply[] in order, install rd.snapshot if asked, complete
+ *   3. only then send the messages that promise what step 2 stored
+ *      (PROMISE, ACCEPTED, HEARTBEAT_ACK, REJECT);
+ *   4. apply rd.apply[] in order, install rd.snapshot if asked, complete
  *      rd.reads[];
- *   4. call px_advance(). Between px_ready and px_advance, call nothing else
- *      on this node.
+ *   5. call px_advance(). Between px_ready and px_advance, call nothing else
+ *      on this node: in particular no reply to a step-1 message may be
+ *      stepped before step 2 is durable (the core counts its own acceptance
+ *      and its own promise at once, which is safe only because of this).
  *
  * Every node is acceptor and learner; the proposer role is one of follower,
  * candidate or leader (the role's step handler is a function pointer):
@@ -162,6 +169,9 @@ struct px_msg {
 #define PX_MSG_PROMISE_BYTES_MAX (64u << 20)
 
 const char *px_msg_type_name(uint8_t type);
+/* True for the message types that speak for state persisted in the same
+ * ready batch, and so must wait until it is durable (see the order above). */
+bool px_msg_after_persist(uint8_t type);
 /* Frees the entries array and drops the values' references. */
 void px_msg_clear(struct px_msg *m);
 /* A deep-enough copy: new entries array, values shared by reference. */

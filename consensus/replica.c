@@ -438,6 +438,10 @@ static int process_ready(struct replica *r)
     while (px_has_ready(r->px)) {
         struct px_ready rd;
         px_ready(r->px, &rd);
+        /* Requests go out first, so followers fsync while we do. */
+        for (size_t i = 0; i < rd.n_msgs; i++)
+            if (!px_msg_after_persist(rd.msgs[i].type))
+                r->cfg.transport.send(r->cfg.transport.ctx, &rd.msgs[i]);
         int rc = persist(r, &rd);
         if (rc != 0) {
             LOG_E("node=%u event=wal_failed error=%d: the replica stops; restart it "
@@ -446,7 +450,8 @@ static int process_ready(struct replica *r)
             return rc;
         }
         for (size_t i = 0; i < rd.n_msgs; i++)
-            r->cfg.transport.send(r->cfg.transport.ctx, &rd.msgs[i]);
+            if (px_msg_after_persist(rd.msgs[i].type))
+                r->cfg.transport.send(r->cfg.transport.ctx, &rd.msgs[i]);
         for (size_t i = 0; i < rd.n_apply; i++)
             apply_slot(r, &rd.apply[i]);
         reads_progress(r, &rd);

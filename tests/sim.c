@@ -509,15 +509,19 @@ static void net_send(struct world *w, const struct px_msg *m)
 
 /* ---- driving one node --------------------------------------------------- */
 
-/* The driver's fixed order: persist, then send, then apply, then advance.
- * A crash may strike in the middle of persisting (a prefix of the batch
- * reaches the disk, nothing is sent) or between persisting and sending. */
+/* The driver's fixed order: send requests, persist, send replies, apply,
+ * advance. A crash may strike in the middle of persisting (the requests are
+ * out, a prefix of the batch reaches the disk, no reply is sent) or between
+ * persisting and replying. */
 static void node_drain(struct world *w, struct node *nd)
 {
     for (int rounds = 0; nd->up && px_has_ready(nd->px) && rounds < 64; rounds++) {
         struct px_ready rd;
         px_ready(nd->px, &rd);
         struct storage *st = &nd->st;
+        for (size_t i = 0; i < rd.n_msgs; i++)
+            if (!px_msg_after_persist(rd.msgs[i].type))
+                net_send(w, &rd.msgs[i]); /* requests go out before the fsync */
 
         size_t persist_n = rd.n_persist;
         bool crash_mid = !w->healing && prng_chance(&w->rng, w->p.crash_mid_pm);
@@ -543,7 +547,8 @@ static void node_drain(struct world *w, struct node *nd)
             st->commit = MAX(st->commit, rd.commit);
 
         for (size_t i = 0; i < rd.n_msgs; i++)
-            net_send(w, &rd.msgs[i]);
+            if (px_msg_after_persist(rd.msgs[i].type))
+                net_send(w, &rd.msgs[i]);
         for (size_t i = 0; i < rd.n_apply; i++)
             fsm_apply(w, nd, rd.apply[i].slot, rd.apply[i].value);
         for (size_t i = 0; i < rd.n_reads; i++) {
