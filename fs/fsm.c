@@ -1324,12 +1324,13 @@ static int64_t op_write_blocks(struct fsm *f, struct inode *in, const struct fsm
     reader_init(&r, op->data, op->data_len);
     for (; reader_left(&r) > 0 && count <= FSM_DATA_MAX / FSM_WRITE_BLOCK_ENTRY_HDR; count++) {
         struct store_name name;
-        memcpy(name.b, get_bytes(&r, STORE_NAME_LEN), STORE_NAME_LEN);
+        const uint8_t *name_bytes = get_bytes(&r, STORE_NAME_LEN);
         uint32_t len = get_u32(&r);
         const uint8_t *file = get_bytes(&r, len);
         struct store_block_hdr h;
         if (!reader_ok(&r))
             return -EINVAL;
+        memcpy(name.b, name_bytes, STORE_NAME_LEN);
         if (len == 0 ? !store_name_is_none(&name)
                      : store_name_is_none(&name) || store_block_hdr_decode(file, len, &h) != 0 ||
                            h.plain_len != f->bs)
