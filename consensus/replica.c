@@ -34,7 +34,8 @@ struct waiter {
     uint64_t seq;   /* 0 until proposed */
     /* read barrier */
     uint64_t read_id;
-    uint64_t index; /* 0 until the read index is known */
+    uint64_t index;   /* the read index, once index_known */
+    bool index_known;
     struct waiter *next;
 };
 
@@ -416,16 +417,17 @@ static void reads_progress(struct replica *r, const struct px_ready *rd)
         for (struct waiter *w = r->reading; w; w = w->next) {
             if (w->read_id != rd->reads[i].id)
                 continue;
-            if (rd->reads[i].status == 0)
-                w->index = MAX(rd->reads[i].index, 1);
-            else
+            if (rd->reads[i].status == 0) {
+                w->index = rd->reads[i].index;
+                w->index_known = true;
+            } else
                 w->read_id = 0; /* ask again on the next tick */
             break;
         }
     }
     for (struct waiter *w = r->reading, *next; w; w = next) {
         next = w->next;
-        if (w->index && w->index <= r->applied) {
+        if (w->index_known && w->index <= r->applied) {
             list_remove(&r->reading, w);
             complete(w, 0, 0);
         }
@@ -515,7 +517,7 @@ static void propose_backlog(struct replica *r)
 static void ask_read_indexes(struct replica *r)
 {
     for (struct waiter *w = r->reading; w; w = w->next) {
-        if (w->read_id == 0 && w->index == 0) {
+        if (w->read_id == 0 && !w->index_known) {
             w->read_id = ++r->next_read_id;
             px_read_index(r->px, w->read_id);
         }
