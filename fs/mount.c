@@ -584,6 +584,16 @@ static void mnt_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     struct fsm_attr a;
     if (rc == 0)
         rc = fsm_lookup(m->fsm, parent, name, &a);
+    if (rc == -ENOENT && m->opt.consistency == MNT_CLOSE_TO_OPEN) {
+        /* This replica may lag (it just restarted, or a create elsewhere
+         * has not been applied here yet): a name is absent only once this
+         * node has applied everything chosen before the lookup. Otherwise
+         * open("path") of a file another host created and closed could
+         * fail, and close-to-open promises it does not. */
+        rc = replica_read_barrier(m->replica);
+        if (rc == 0)
+            rc = fsm_lookup(m->fsm, parent, name, &a);
+    }
     if (rc != 0) {
         /* No negative entry: a name created elsewhere must show at once. */
         reply_rc(req, rc);
@@ -1245,9 +1255,22 @@ static void mnt_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset
     propose_reply_err(req, &op);
 }
 
+/* system.* attributes (POSIX ACLs above all) mean something to the kernel;
+ * paxfs does not implement them, and storing them as opaque bytes would make
+ * tools like cp -a believe permissions were set when they were not. With
+ * EOPNOTSUPP they fall back to chmod. */
+static bool xattr_unsupported(const char *name)
+{
+    return strncmp(name, "system.", 7) == 0;
+}
+
 static void mnt_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
                          size_t size, int flags)
 {
+    if (xattr_unsupported(name)) {
+        fuse_reply_err(req, EOPNOTSUPP);
+        return;
+    }
     size_t n = strlen(name);
     if (n == 0 || n > FSM_XATTR_NAME_MAX) {
         fuse_reply_err(req, n ? ERANGE : EINVAL);
@@ -1268,6 +1291,10 @@ static void mnt_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
 
 static void mnt_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
+    if (xattr_unsupported(name)) {
+        fuse_reply_err(req, EOPNOTSUPP);
+        return;
+    }
     size_t n = strlen(name);
     if (n == 0 || n > FSM_XATTR_NAME_MAX) {
         fuse_reply_err(req, n ? ERANGE : EINVAL);
