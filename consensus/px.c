@@ -1616,6 +1616,14 @@ void px_peer_unreachable(struct px_node *n, uint32_t peer)
     n->ticks_waiting = 0;
 }
 
+const struct px_value *px_chosen_value(struct px_node *n, uint64_t slot)
+{
+    if (slot > n->commit)
+        return NULL;
+    struct slot_rec *r = rec_get(n, slot);
+    return r && r->chosen ? r->value : NULL;
+}
+
 void px_compact(struct px_node *n, uint64_t slot)
 {
     ASSERT(slot <= n->applied);

@@ -271,6 +271,10 @@ void px_peer_unreachable(struct px_node *n, uint32_t peer);
  * the core may forget those slots, and sends peers that need them to a
  * snapshot instead. */
 void px_compact(struct px_node *n, uint64_t slot);
+/* The value chosen at slot, borrowed until the next call into the core, or
+ * NULL if the core does not hold slot as chosen (compacted away, or not
+ * chosen yet). For re-applying a log tail over an older snapshot. */
+const struct px_value *px_chosen_value(struct px_node *n, uint64_t slot);
 /* A snapshot taken at slot was installed into the state machine. */
 void px_snapshot_installed(struct px_node *n, uint64_t slot);
 

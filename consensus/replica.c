@@ -3,15 +3,20 @@
 #include "consensus/replica.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "base/assert.h"
 #include "base/buf.h"
+#include "base/clock.h"
 #include "base/log.h"
+#include "consensus/snapfile.h"
 #include "consensus/wal.h"
 
 enum wal_record_type {
@@ -19,6 +24,25 @@ enum wal_record_type {
     REC_ENTRY = 2,   /* u64 slot, u64 ballot, value bytes */
     REC_COMMIT = 3,  /* u64 slot */
     REC_SESSION = 4, /* u64 session */
+    REC_SNAPSHOT = 5, /* u64 slot: a snapshot at or after it must exist */
+};
+
+/* A WAL position and the highest slot of any entry logged before it: the
+ * log before lsn may go once every slot <= max_slot is in a snapshot. */
+struct checkpoint {
+    uint64_t lsn;
+    uint64_t max_slot;
+};
+#define CHECKPOINTS_MAX 16
+
+/* A blocking request to the replica thread (install, snapshot now). */
+struct call {
+    pthread_cond_t cond;
+    bool done;
+    int status;
+    const char *path;  /* install */
+    bool rebuild;      /* install over a diverged state */
+    uint64_t slot;     /* result */
 };
 
 /* A client thread waiting for a proposal or a read barrier. Lives on that
@@ -46,6 +70,26 @@ struct replica {
     struct px_dedup *dedup;
     uint64_t session;
     uint64_t applied;
+    uint64_t max_entry_slot;    /* highest slot of an ENTRY in the WAL */
+
+    /* snapshots (replica thread, except where noted) */
+    uint64_t snap_slot;         /* newest snapshot on disk */
+    uint64_t snap_applied_bytes; /* value bytes applied since it */
+    struct checkpoint checkpoints[CHECKPOINTS_MAX];
+    size_t n_checkpoints;
+    pthread_t snapper;
+    bool snapper_running;
+    /* the snapshot thread's job and result, guarded by lock */
+    bool snap_busy;             /* a job is with the snapshot thread */
+    struct buf snap_job;
+    uint64_t snap_job_slot;
+    uint64_t snap_job_keep;     /* older snapshots than this go after it */
+    bool snap_result_ready;
+    int snap_result;
+    pthread_cond_t snap_wake;
+    struct call *snap_call;     /* replica_snapshot_now */
+    struct call *install_call;  /* replica_install_snapshot */
+    bool snap_force;            /* take a snapshot at the next chance */
 
     pthread_t thread;
     bool running;
@@ -76,13 +120,16 @@ void replica_config_defaults(struct replica_config *c)
     c->ticks_heartbeat = 2;
     c->op_timeout_ms = 30000;
     c->window = 32;
+    c->snapshot_every_slots = 10000;
+    c->snapshot_every_bytes = 256ull << 20;
+    c->log_slack_slots = 1000;
 }
 
 /* ---- WAL replay -------------------------------------------------------- */
 
 struct replay_state {
     struct px_node *px; /* NULL in the first pass */
-    uint64_t promised, commit, session;
+    uint64_t promised, commit, session, snapshot_marker, max_entry_slot;
 };
 
 static int replay_record(void *ctx, uint64_t lsn, uint8_t type, const void *data, size_t len)
@@ -100,6 +147,7 @@ static int replay_record(void *ctx, uint64_t lsn, uint8_t type, const void *data
         uint64_t slot = get_u64(&rd), ballot = get_u64(&rd);
         if (!reader_ok(&rd))
             break;
+        st->max_entry_slot = MAX(st->max_entry_slot, slot);
         if (st->px) {
             struct px_value *val = px_value_new(rd.p + rd.off, reader_left(&rd));
             px_restore_entry(st->px, slot, ballot, val);
@@ -114,6 +162,10 @@ static int replay_record(void *ctx, uint64_t lsn, uint8_t type, const void *data
     case REC_SESSION:
         v = get_u64(&rd);
         st->session = MAX(st->session, v);
+        break;
+    case REC_SNAPSHOT:
+        v = get_u64(&rd);
+        st->snapshot_marker = MAX(st->snapshot_marker, v);
         break;
     default:
         LOG_E("event=wal_replay lsn=%llu error=\"unknown record type %u\"",
@@ -135,9 +187,65 @@ static int wal_put_u64(struct wal *w, uint8_t type, uint64_t v, uint64_t *lsn)
     return wal_append(w, type, b, sizeof b, lsn);
 }
 
-int replica_open(const struct replica_config *cfg, struct replica **out)
+/* Restores the newest valid snapshot into the state machine and r->dedup.
+ * The WAL's marker says how new it must at least be: the log before the
+ * marker may be gone, so an older snapshot would leave a hole. */
+static int load_snapshot(struct replica *r, uint64_t marker)
 {
-    ASSERT(cfg->sm.apply && cfg->transport.send);
+    if (!r->cfg.sm.restore || !r->cfg.snap_dir[0])
+        return 0;
+    if (mkdir(r->cfg.snap_dir, 0700) != 0 && errno != EEXIST) {
+        int rc = -errno;
+        LOG_E("node=%u event=snapshot_dir path=%s error=\"%s\"", r->cfg.id, r->cfg.snap_dir,
+              strerror(-rc));
+        return rc;
+    }
+    uint8_t *p;
+    size_t len;
+    uint64_t slot;
+    int rc = snapfile_load_newest(r->cfg.snap_dir, &p, &len, &slot);
+    if (rc == -ENOENT) {
+        if (marker == 0)
+            return 0;
+        LOG_E("node=%u event=snapshot_missing marker=%llu: the log before that slot is gone "
+              "and no snapshot covers it; empty the data directory to rebuild this replica "
+              "from its peers", r->cfg.id, (unsigned long long)marker);
+        return -EBADMSG;
+    }
+    if (rc != 0)
+        return rc;
+    struct snapfile sf;
+    rc = snapfile_decode(p, len, &sf);
+    ASSERT(rc == 0); /* load_newest decoded it */
+    if (sf.slot < marker) {
+        LOG_E("node=%u event=snapshot_missing newest=%llu marker=%llu: the log before the "
+              "marker is gone; empty the data directory to rebuild this replica from its "
+              "peers", r->cfg.id, (unsigned long long)sf.slot, (unsigned long long)marker);
+        free(p);
+        return -EBADMSG;
+    }
+    struct px_dedup *d = NULL;
+    rc = px_dedup_decode(sf.dedup, sf.dedup_len, &d);
+    if (rc == 0)
+        rc = r->cfg.sm.restore(r->cfg.sm.ctx, sf.sm, sf.sm_len);
+    if (rc != 0) {
+        LOG_E("node=%u event=snapshot_restore slot=%llu error=\"%s\"", r->cfg.id,
+              (unsigned long long)sf.slot, strerror(-rc));
+        px_dedup_free(d);
+        free(p);
+        return rc == -EINVAL ? -EINVAL : -EBADMSG;
+    }
+    r->dedup = d;
+    r->snap_slot = sf.slot;
+    free(p);
+    return 0;
+}
+
+/* Opens the WAL and the newest snapshot and restores the core; online, a
+ * new session is persisted too (offline nothing is written but what
+ * wal_open's recovery cuts). */
+static int open_replica(const struct replica_config *cfg, bool online, struct replica **out)
+{
     struct replica *r = calloc(1, sizeof *r);
     ASSERT(r != NULL);
     r->cfg = *cfg;
@@ -149,9 +257,11 @@ int replica_open(const struct replica_config *cfg, struct replica **out)
         free(r);
         return rc;
     }
-    /* Pass 1 learns the session; pass 2 restores the core. */
+    /* Pass 1 learns the session; then the snapshot; pass 2 restores the core. */
     struct replay_state st = {0};
     rc = wal_replay(r->wal, 0, replay_record, &st);
+    if (rc == 0)
+        rc = load_snapshot(r, st.snapshot_marker);
     if (rc == 0) {
         r->session = st.session + 1;
         struct px_config pc;
@@ -162,23 +272,31 @@ int replica_open(const struct replica_config *cfg, struct replica **out)
         pc.ticks_heartbeat = cfg->ticks_heartbeat ? cfg->ticks_heartbeat : 2;
         pc.window = cfg->window ? cfg->window : 32;
         r->px = px_new(&pc);
+        px_restore_snapshot(r->px, r->snap_slot);
+        r->applied = r->snap_slot;
         struct replay_state st2 = {.px = r->px};
         rc = wal_replay(r->wal, 0, replay_record, &st2);
         px_restore_promised(r->px, st2.promised);
         px_restore_commit(r->px, st2.commit);
+        r->max_entry_slot = st2.max_entry_slot;
     }
     uint64_t lsn;
-    if (rc == 0)
+    if (rc == 0 && online)
         rc = wal_put_u64(r->wal, REC_SESSION, r->session, &lsn);
-    if (rc == 0)
+    if (rc == 0 && online)
         rc = wal_sync(r->wal, lsn);
     if (rc != 0) {
         px_free(r->px);
+        px_dedup_free(r->dedup);
         wal_close(r->wal);
         free(r);
         return rc;
     }
-    r->dedup = px_dedup_new();
+    if (!r->dedup)
+        r->dedup = px_dedup_new();
+    buf_init(&r->snap_job);
+    pthread_cond_init(&r->snap_wake, NULL);
+    r->status.snapshot_slot = r->snap_slot;
     pthread_mutex_init(&r->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -186,9 +304,45 @@ int replica_open(const struct replica_config *cfg, struct replica **out)
     pthread_cond_init(&r->wake, &ca);
     pthread_condattr_destroy(&ca);
     r->status.session = r->session;
-    LOG_I("node=%u event=replica_open session=%llu commit=%llu", cfg->id,
-          (unsigned long long)r->session, (unsigned long long)st.commit);
+    LOG_I("node=%u event=replica_open session=%llu snapshot=%llu commit=%llu", cfg->id,
+          (unsigned long long)r->session, (unsigned long long)r->snap_slot,
+          (unsigned long long)st.commit);
     *out = r;
+    return 0;
+}
+
+int replica_open(const struct replica_config *cfg, struct replica **out)
+{
+    ASSERT(cfg->sm.apply && cfg->transport.send);
+    return open_replica(cfg, true, out);
+}
+
+static void apply_slot(struct replica *r, const struct px_entry *e);
+
+int replica_load_offline(const struct replica_config *cfg, uint64_t *snapshot_slot,
+                         uint64_t *applied)
+{
+    ASSERT(cfg->sm.apply);
+    struct replica *r;
+    int rc = open_replica(cfg, false, &r);
+    if (rc != 0)
+        return rc;
+    *snapshot_slot = r->snap_slot;
+    /* The committed entries come out of the core in slot order; nothing
+     * else of a ready batch matters offline (no peers, nothing to persist). */
+    while (px_has_ready(r->px)) {
+        struct px_ready rd;
+        px_ready(r->px, &rd);
+        for (size_t i = 0; i < rd.n_apply; i++)
+            apply_slot(r, &rd.apply[i]);
+        px_advance(r->px, &rd);
+        struct px_status ps;
+        px_status(r->px, &ps);
+        if (ps.applied >= ps.commit)
+            break;
+    }
+    *applied = r->applied;
+    replica_close(r);
     return 0;
 }
 
@@ -362,6 +516,7 @@ static int persist(struct replica *r, const struct px_ready *rd)
         le_put_u64(head + 8, e->ballot);
         struct iovec iov[2] = {{head, sizeof head}, {e->value->data, e->value->len}};
         rc = wal_appendv(r->wal, REC_ENTRY, iov, 2, &lsn);
+        r->max_entry_slot = MAX(r->max_entry_slot, e->slot);
     }
     if (rc == 0 && rd->commit_changed)
         rc = wal_put_u64(r->wal, REC_COMMIT, rd->commit, &lsn);
@@ -407,6 +562,7 @@ static void apply_slot(struct replica *r, const struct px_entry *e)
         LOG_E("node=%u slot=%llu event=apply error=\"malformed proposal\"", r->cfg.id,
               (unsigned long long)e->slot);
     r->applied = e->slot;
+    r->snap_applied_bytes += e->value->len;
 }
 
 /* Read waiters whose index is now applied are done; refused ones ask again. */
@@ -457,13 +613,403 @@ static int process_ready(struct replica *r)
         for (size_t i = 0; i < rd.n_apply; i++)
             apply_slot(r, &rd.apply[i]);
         reads_progress(r, &rd);
-        if (rd.snapshot_needed)
-            LOG_W("node=%u event=snapshot_needed from=%u slot=%llu: snapshot transfer is "
-                  "not available yet", r->cfg.id, rd.snapshot_from,
-                  (unsigned long long)rd.snapshot_slot);
+        if (rd.snapshot_needed) {
+            LOG_I("node=%u event=snapshot_needed from=%u slot=%llu", r->cfg.id,
+                  rd.snapshot_from, (unsigned long long)rd.snapshot_slot);
+            if (r->cfg.sm.snapshot_needed)
+                r->cfg.sm.snapshot_needed(r->cfg.sm.ctx, rd.snapshot_from, rd.snapshot_slot);
+        }
         px_advance(r->px, &rd);
     }
     return 0;
+}
+
+/* ---- snapshots ---------------------------------------------------------- */
+
+static void call_complete(struct call *c, int status, uint64_t slot)
+{
+    c->done = true;
+    c->status = status;
+    c->slot = slot;
+    pthread_cond_signal(&c->cond);
+}
+
+/* The snapshot thread: sm.sync, then the file, durably; older files go
+ * (the newest two stay: the previous one is a fallback until the log is
+ * truncated past it). */
+static void *snapper_main(void *arg)
+{
+    struct replica *r = arg;
+    pthread_mutex_lock(&r->lock);
+    for (;;) {
+        while (!r->stop && !(r->snap_busy && !r->snap_result_ready))
+            pthread_cond_wait(&r->snap_wake, &r->lock);
+        if (r->stop)
+            break;
+        uint64_t slot = r->snap_job_slot, previous = r->snap_job_keep;
+        pthread_mutex_unlock(&r->lock);
+        int rc = r->cfg.sm.sync ? r->cfg.sm.sync(r->cfg.sm.ctx) : 0;
+        if (rc == 0)
+            rc = snapfile_write(r->cfg.snap_dir, slot, r->snap_job.data, r->snap_job.len);
+        if (rc == 0)
+            snapfile_prune(r->cfg.snap_dir, previous, true);
+        pthread_mutex_lock(&r->lock);
+        r->snap_result = rc;
+        r->snap_result_ready = true;
+        pthread_cond_signal(&r->wake);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+static int wal_relog_state(struct replica *r, uint64_t snapshot_slot)
+{
+    struct px_status ps;
+    px_status(r->px, &ps);
+    uint64_t lsn;
+    int rc = wal_put_u64(r->wal, REC_PROMISE, ps.promised, &lsn);
+    if (rc == 0)
+        rc = wal_put_u64(r->wal, REC_SESSION, r->session, &lsn);
+    if (rc == 0)
+        rc = wal_put_u64(r->wal, REC_COMMIT, ps.commit, &lsn);
+    if (rc == 0)
+        rc = wal_put_u64(r->wal, REC_SNAPSHOT, snapshot_slot, &lsn);
+    if (rc == 0)
+        rc = wal_sync(r->wal, lsn);
+    return rc;
+}
+
+/* A snapshot at slot is on disk: forget what it covers, but the slack. */
+static int compact(struct replica *r, uint64_t slot)
+{
+    r->snap_slot = slot;
+    uint64_t slack = r->cfg.log_slack_slots;
+    uint64_t keep = slot > slack ? slot - slack : 0;
+    if (keep == 0)
+        return 0;
+    px_compact(r->px, keep);
+    /* The newest checkpoint whose entries are all covered. */
+    size_t k = r->n_checkpoints;
+    for (size_t i = 0; i < r->n_checkpoints; i++)
+        if (r->checkpoints[i].max_slot <= keep)
+            k = i;
+    if (k == r->n_checkpoints)
+        return 0;
+    uint64_t lsn = r->checkpoints[k].lsn;
+    memmove(r->checkpoints, r->checkpoints + k + 1,
+            (r->n_checkpoints - k - 1) * sizeof r->checkpoints[0]);
+    r->n_checkpoints -= k + 1;
+    if (lsn <= wal_first_lsn(r->wal))
+        return 0;
+    int rc = wal_relog_state(r, slot);
+    if (rc == 0)
+        rc = wal_truncate_before(r->wal, lsn);
+    return rc;
+}
+
+/* Hands a snapshot to the snapshot thread when one is due (or asked). The
+ * image is made here, between applies, so it matches r->applied and the
+ * table exactly. */
+static void maybe_snapshot(struct replica *r)
+{
+    if (!r->cfg.sm.snapshot || !r->cfg.snap_dir[0])
+        return;
+    pthread_mutex_lock(&r->lock);
+    bool busy = r->snap_busy, asked = r->snap_call != NULL;
+    if (asked && !busy && r->applied <= r->snap_slot) {
+        call_complete(r->snap_call, -EALREADY, r->snap_slot);
+        r->snap_call = NULL;
+        asked = false;
+    }
+    pthread_mutex_unlock(&r->lock);
+    uint64_t every_slots = r->cfg.snapshot_every_slots ? r->cfg.snapshot_every_slots : 10000;
+    uint64_t every_bytes = r->cfg.snapshot_every_bytes ? r->cfg.snapshot_every_bytes : 256ull << 20;
+    bool due = asked || r->snap_force || r->applied - r->snap_slot >= every_slots ||
+               r->snap_applied_bytes >= every_bytes;
+    if (busy || !due || r->applied <= r->snap_slot)
+        return;
+    uint64_t t0 = clock_now_ns();
+    struct buf sm, dd;
+    buf_init(&sm);
+    buf_init(&dd);
+    int rc = r->cfg.sm.snapshot(r->cfg.sm.ctx, &sm);
+    if (rc == 0) {
+        px_dedup_encode(r->dedup, &dd);
+        buf_reset(&r->snap_job);
+        snapfile_encode(r->applied, dd.data, dd.len, sm.data, sm.len, &r->snap_job);
+    }
+    buf_deinit(&sm);
+    buf_deinit(&dd);
+    uint64_t stall = clock_now_ns() - t0;
+    if (rc != 0) {
+        LOG_E("node=%u event=snapshot slot=%llu error=\"%s\"", r->cfg.id,
+              (unsigned long long)r->applied, strerror(-rc));
+        r->snap_applied_bytes = 0; /* retry after another interval, not at once */
+        return;
+    }
+    if (r->n_checkpoints == CHECKPOINTS_MAX) {
+        memmove(r->checkpoints, r->checkpoints + 1, (CHECKPOINTS_MAX - 1) * sizeof r->checkpoints[0]);
+        r->n_checkpoints--;
+    }
+    r->checkpoints[r->n_checkpoints++] = (struct checkpoint){wal_last_lsn(r->wal) + 1, r->max_entry_slot};
+    r->snap_applied_bytes = 0;
+    r->snap_force = false;
+    pthread_mutex_lock(&r->lock);
+    r->snap_job_slot = r->applied;
+    r->snap_job_keep = r->snap_slot;
+    r->snap_busy = true;
+    r->snap_result_ready = false;
+    r->status.snapshot_stall_ns_max = MAX(r->status.snapshot_stall_ns_max, stall);
+    pthread_cond_signal(&r->snap_wake);
+    pthread_mutex_unlock(&r->lock);
+    LOG_D("node=%u event=snapshot_start slot=%llu bytes=%zu stall_us=%llu", r->cfg.id,
+          (unsigned long long)r->snap_job_slot, r->snap_job.len,
+          (unsigned long long)(stall / 1000));
+}
+
+/* The snapshot thread finished: compact, and answer replica_snapshot_now. */
+static int snapshot_finished(struct replica *r)
+{
+    pthread_mutex_lock(&r->lock);
+    if (!r->snap_busy || !r->snap_result_ready) {
+        pthread_mutex_unlock(&r->lock);
+        return 0;
+    }
+    int rc = r->snap_result;
+    uint64_t slot = r->snap_job_slot;
+    r->snap_busy = false;
+    r->snap_result_ready = false;
+    pthread_mutex_unlock(&r->lock);
+    int wal_rc = 0;
+    bool stale = rc == 0 && slot <= r->snap_slot; /* an install overtook it */
+    if (stale) {
+        LOG_D("node=%u event=snapshot slot=%llu: older than the installed %llu", r->cfg.id,
+              (unsigned long long)slot, (unsigned long long)r->snap_slot);
+    } else if (rc == 0) {
+        wal_rc = compact(r, slot);
+        LOG_I("node=%u event=snapshot slot=%llu log_first_lsn=%llu", r->cfg.id,
+              (unsigned long long)slot, (unsigned long long)wal_first_lsn(r->wal));
+    } else {
+        LOG_E("node=%u event=snapshot slot=%llu error=\"%s\": keeping the log", r->cfg.id,
+              (unsigned long long)slot, strerror(-rc));
+    }
+    pthread_mutex_lock(&r->lock);
+    if (rc == 0 && !stale) {
+        r->status.snapshot_slot = slot;
+        r->status.snapshots++;
+    }
+    if (r->snap_call) {
+        call_complete(r->snap_call, rc ? rc : wal_rc, slot);
+        r->snap_call = NULL;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return wal_rc; /* a WAL that failed stops the replica */
+}
+
+static int fsync_path(const char *path, int flags)
+{
+    int fd = open(path, flags | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) == 0 ? 0 : -errno;
+    close(fd);
+    return rc;
+}
+
+/* A rebuild replaces a diverged state: a snapshot of it that the snapshot
+ * thread is still writing must not survive. Waits for it (the thread
+ * finishes a file in bounded time) and deletes what it wrote. */
+static void discard_snapshot_in_flight(struct replica *r)
+{
+    pthread_mutex_lock(&r->lock);
+    while (r->snap_busy && !r->snap_result_ready && !r->stop)
+        pthread_cond_wait(&r->wake, &r->lock);
+    bool wrote = r->snap_busy && r->snap_result_ready && r->snap_result == 0;
+    uint64_t slot = r->snap_job_slot;
+    if (r->snap_busy && r->snap_result_ready) {
+        /* A replica_snapshot_now waiting for it gets the one taken after
+         * the rebuild instead. */
+        r->snap_busy = false;
+        r->snap_result_ready = false;
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (wrote) {
+        char path[SNAPFILE_PATH_MAX];
+        snapfile_path(r->cfg.snap_dir, slot, path);
+        unlink(path);
+    }
+}
+
+/* replica_install_snapshot's work, on the replica thread between readies. */
+static int install(struct replica *r, const char *path, bool rebuild, uint64_t *slot_out,
+                   int *wal_rc)
+{
+    if (rebuild)
+        discard_snapshot_in_flight(r); /* first: its prune could take our file */
+    uint8_t *p;
+    size_t len;
+    int rc = snapfile_read(path, &p, &len);
+    if (rc != 0)
+        return rc;
+    struct snapfile sf;
+    struct px_dedup *d = NULL;
+    rc = snapfile_decode(p, len, &sf);
+    if (rc == 0 && sf.slot <= r->applied && !rebuild)
+        rc = -EALREADY;
+    /* A rebuild to an older slot re-applies our log after it: all of it
+     * must still be here. */
+    bool replay_tail = rc == 0 && sf.slot <= r->applied;
+    for (uint64_t s = sf.slot + 1; replay_tail && rc == 0 && s <= r->applied; s++)
+        if (!px_chosen_value(r->px, s))
+            rc = -ERANGE;
+    if (rc == 0)
+        rc = px_dedup_decode(sf.dedup, sf.dedup_len, &d);
+    if (rc == 0)
+        rc = fsync_path(path, O_RDONLY);
+    if (rc == 0)
+        rc = r->cfg.sm.restore(r->cfg.sm.ctx, sf.sm, sf.sm_len);
+    if (rc != 0) {
+        px_dedup_free(d);
+        free(p);
+        return rc;
+    }
+    uint64_t slot = sf.slot;
+    free(p);
+    px_dedup_free(r->dedup);
+    r->dedup = d;
+    if (replay_tail) {
+        uint64_t upto = r->applied;
+        for (uint64_t s = slot + 1; s <= upto; s++) {
+            struct px_entry e = {s, 0, (struct px_value *)px_chosen_value(r->px, s)};
+            apply_slot(r, &e);
+        }
+        /* Our own snapshots hold the diverged state: only the installed
+         * one stays, and a fresh one is taken next. */
+        uint64_t slots[64];
+        size_t n = snapfile_list(r->cfg.snap_dir, slots, 64);
+        for (size_t i = 0; i < n && i < 64; i++) {
+            char old[SNAPFILE_PATH_MAX];
+            snapfile_path(r->cfg.snap_dir, slots[i], old);
+            if (slots[i] != slot)
+                unlink(old);
+        }
+        r->snap_slot = 0;
+        r->snap_force = true;
+    } else {
+        px_snapshot_installed(r->px, slot);
+        r->applied = slot;
+    }
+    r->snap_applied_bytes = 0;
+    char final[SNAPFILE_PATH_MAX];
+    snapfile_path(r->cfg.snap_dir, slot, final);
+    if (rename(path, final) != 0 || fsync_path(r->cfg.snap_dir, O_RDONLY | O_DIRECTORY) != 0) {
+        LOG_W("node=%u event=snapshot_install slot=%llu error=\"cannot keep the file: %s\"",
+              r->cfg.id, (unsigned long long)slot, strerror(errno));
+    } else {
+        snapfile_prune(r->cfg.snap_dir, MIN(r->snap_slot, slot), false); /* the newest two stay */
+        r->snap_slot = slot;
+    }
+    /* The log may hold nothing before slot now: say a snapshot covers it. */
+    uint64_t lsn;
+    *wal_rc = wal_put_u64(r->wal, REC_SNAPSHOT, r->snap_slot, &lsn);
+    if (*wal_rc == 0)
+        *wal_rc = wal_sync(r->wal, lsn);
+    /* Our own proposals that the snapshot applied are done. */
+    pthread_mutex_lock(&r->lock);
+    for (size_t i = 0; i < PX_SESSION_WINDOW; i++) {
+        for (struct waiter *w = r->proposed[i], *next; w; w = next) {
+            next = w->next;
+            int64_t result;
+            if (px_dedup_check(r->dedup, r->cfg.id, r->session, w->seq, &result) == 1) {
+                list_remove(&r->proposed[i], w);
+                complete(w, 0, result);
+            }
+        }
+    }
+    r->status.snapshot_slot = r->snap_slot;
+    r->status.applied = r->applied;
+    pthread_mutex_unlock(&r->lock);
+    LOG_I("node=%u event=snapshot_installed slot=%llu rebuild=%d", r->cfg.id,
+          (unsigned long long)slot, replay_tail);
+    *slot_out = slot;
+    return 0;
+}
+
+static int serve_install(struct replica *r)
+{
+    pthread_mutex_lock(&r->lock);
+    struct call *c = r->install_call;
+    r->install_call = NULL;
+    pthread_mutex_unlock(&r->lock);
+    if (!c)
+        return 0;
+    uint64_t slot = 0;
+    int wal_rc = 0;
+    int rc = install(r, c->path, c->rebuild, &slot, &wal_rc);
+    pthread_mutex_lock(&r->lock);
+    call_complete(c, rc ? rc : wal_rc, slot);
+    pthread_mutex_unlock(&r->lock);
+    /* Only a WAL failure stops the replica; a bad file is the caller's. */
+    return wal_rc;
+}
+
+int replica_install_snapshot(struct replica *r, const char *path, bool rebuild)
+{
+    if (!r->cfg.sm.restore || !r->cfg.snap_dir[0])
+        return -ENOTSUP;
+    struct call c = {.path = path, .rebuild = rebuild};
+    pthread_cond_init(&c.cond, NULL);
+    pthread_mutex_lock(&r->lock);
+    int rc;
+    if (r->failed || r->stop) {
+        rc = r->failed ? -EIO : -ESHUTDOWN;
+    } else if (r->install_call) {
+        rc = -EBUSY;
+    } else {
+        r->install_call = &c;
+        pthread_cond_signal(&r->wake);
+        while (!c.done && !r->stop && !r->failed)
+            pthread_cond_wait(&c.cond, &r->lock);
+        if (!c.done && r->install_call == &c)
+            r->install_call = NULL;
+        rc = c.done ? c.status : r->failed ? -EIO : -ESHUTDOWN;
+    }
+    pthread_mutex_unlock(&r->lock);
+    pthread_cond_destroy(&c.cond);
+    return rc;
+}
+
+int replica_snapshot_now(struct replica *r, uint64_t *slot)
+{
+    if (!r->cfg.sm.snapshot || !r->cfg.snap_dir[0])
+        return -ENOTSUP;
+    struct call c = {0};
+    pthread_cond_init(&c.cond, NULL);
+    pthread_mutex_lock(&r->lock);
+    int rc;
+    if (r->failed || r->stop) {
+        rc = r->failed ? -EIO : -ESHUTDOWN;
+    } else if (r->snap_call) {
+        rc = -EBUSY;
+    } else {
+        r->snap_call = &c;
+        pthread_cond_signal(&r->wake);
+        while (!c.done && !r->stop && !r->failed)
+            pthread_cond_wait(&c.cond, &r->lock);
+        if (!c.done && r->snap_call == &c)
+            r->snap_call = NULL;
+        rc = c.done ? c.status : r->failed ? -EIO : -ESHUTDOWN;
+    }
+    pthread_mutex_unlock(&r->lock);
+    pthread_cond_destroy(&c.cond);
+    if (rc == 0 && slot)
+        *slot = c.slot;
+    return rc;
+}
+
+const char *replica_snap_dir(const struct replica *r)
+{
+    return r->cfg.snap_dir;
 }
 
 /* Feeds the core from the inbox (r->lock held on entry and exit). */
@@ -534,6 +1080,7 @@ static void publish_status(struct replica *r)
     r->status.commit = ps.commit;
     r->status.applied = r->applied;
     r->status.session = r->session;
+    r->status.log_first = ps.log_first;
 }
 
 static void *replica_main(void *arg)
@@ -545,7 +1092,8 @@ static void *replica_main(void *arg)
     int rc = process_ready(r);
     pthread_mutex_lock(&r->lock);
     while (!r->stop && rc == 0) {
-        if (!r->n_in && !r->peers_down && !r->new_props && !r->new_reads)
+        if (!r->n_in && !r->peers_down && !r->new_props && !r->new_reads &&
+            !r->install_call && !(r->snap_call && !r->snap_busy) && !r->snap_result_ready)
             pthread_cond_timedwait(&r->wake, &r->lock, &next_tick);
         struct px_msg *msgs;
         size_t n_msgs;
@@ -580,6 +1128,12 @@ static void *replica_main(void *arg)
         pthread_mutex_unlock(&r->lock);
         if (rc == 0)
             rc = process_ready(r);
+        if (rc == 0)
+            rc = serve_install(r);
+        if (rc == 0)
+            rc = snapshot_finished(r);
+        if (rc == 0)
+            maybe_snapshot(r);
         pthread_mutex_lock(&r->lock);
         publish_status(r);
     }
@@ -588,6 +1142,14 @@ static void *replica_main(void *arg)
         fail_all(r, -EIO);
     } else {
         fail_all(r, -ESHUTDOWN);
+    }
+    if (r->install_call) {
+        call_complete(r->install_call, rc ? -EIO : -ESHUTDOWN, 0);
+        r->install_call = NULL;
+    }
+    if (r->snap_call) {
+        call_complete(r->snap_call, rc ? -EIO : -ESHUTDOWN, 0);
+        r->snap_call = NULL;
     }
     pthread_mutex_unlock(&r->lock);
     return NULL;
@@ -600,6 +1162,14 @@ int replica_start(struct replica *r)
     if (rc != 0)
         return -rc;
     r->running = true;
+    if (r->cfg.sm.snapshot && r->cfg.snap_dir[0]) {
+        rc = pthread_create(&r->snapper, NULL, snapper_main, r);
+        if (rc != 0) {
+            replica_stop(r);
+            return -rc;
+        }
+        r->snapper_running = true;
+    }
     return 0;
 }
 
@@ -610,8 +1180,12 @@ void replica_stop(struct replica *r)
     pthread_mutex_lock(&r->lock);
     r->stop = true;
     pthread_cond_signal(&r->wake);
+    pthread_cond_signal(&r->snap_wake);
     pthread_mutex_unlock(&r->lock);
     pthread_join(r->thread, NULL);
+    if (r->snapper_running)
+        pthread_join(r->snapper, NULL); /* a file being written is finished first */
+    r->snapper_running = false;
     r->running = false;
 }
 
@@ -626,6 +1200,8 @@ void replica_close(struct replica *r)
     for (size_t i = 0; i < r->n_in; i++)
         px_msg_clear(&r->in_msgs[i]);
     free(r->in_msgs);
+    buf_deinit(&r->snap_job);
+    pthread_cond_destroy(&r->snap_wake);
     pthread_cond_destroy(&r->wake);
     pthread_mutex_destroy(&r->lock);
     free(r);

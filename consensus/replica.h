@@ -27,12 +27,33 @@
  *                        → complete waiters → px_advance
  *
  * Durability. WAL records: PROMISE (ballot), ENTRY (slot, ballot, value),
- * COMMIT (slot), SESSION (incarnation). At open, the WAL is replayed into
- * the core; the state machine is rebuilt by re-applying the committed log
- * from the start (no snapshots yet: the log and the core's memory grow
- * until log compaction arrives with the snapshot work). Each start takes a
- * new session number, persisted before the replica says anything, so the
- * (origin, session, seq) of its proposals never repeats.
+ * COMMIT (slot), SESSION (incarnation), SNAPSHOT (slot: a snapshot file at
+ * or after this slot must exist, because the log before it may be gone).
+ * At open, the newest valid snapshot file (snapfile.h) is restored into the
+ * state machine and the exactly-once table, and the WAL is replayed into the
+ * core; the committed entries after the snapshot are re-applied when the
+ * thread starts, so a restart costs the log tail, not the history. Each
+ * start takes a new session number, persisted before the replica says
+ * anything, so the (origin, session, seq) of its proposals never repeats.
+ *
+ * Snapshots and compaction. Every snapshot_every_slots applied slots (or
+ * snapshot_every_bytes of applied values) the replica thread asks the state
+ * machine for its image (sm.snapshot, fast: memory only) and hands it to the
+ * snapshot thread, which makes the state machine's deferred writes durable
+ * (sm.sync), writes the file durably and deletes older ones. Back on the
+ * replica thread the core forgets the slots before (snapshot slot -
+ * log_slack_slots), so a follower that is only briefly behind still catches
+ * up from the log, and the WAL drops every segment whose entries are all
+ * that old, after re-logging the promise, the session and a SNAPSHOT marker.
+ * Foreground work stalls only for sm.snapshot.
+ *
+ * Snapshot transfer. A replica that needs slots its peers compacted away
+ * learns it from the core (snapshot needed, from peer P) and tells the state
+ * machine (sm.snapshot_needed), which fetches P's snapshot file and whatever
+ * the image references (fs/transfer.c) and then calls
+ * replica_install_snapshot: the replica thread restores the image, installs
+ * the table, tells the core, and completes local proposals the snapshot
+ * already covers.
  *
  * A WAL that fails (fsync error) stops the replica: it answers nothing more
  * and every waiter gets -EIO. A replica that cannot persist must not speak. */
@@ -43,6 +64,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/buf.h"
 #include "consensus/px.h"
 
 struct replica_sm {
@@ -51,6 +73,22 @@ struct replica_sm {
      * which is handed to the proposing client and remembered for retries.
      * Must be deterministic: a function of the state and the bytes only. */
     int64_t (*apply)(void *ctx, uint64_t slot, const uint8_t *data, size_t len);
+    /* The rest is optional: without snapshot and restore the replica takes
+     * no snapshots and keeps its whole log.
+     * Appends an image of the state as of the last apply (replica thread,
+     * between applies: must be quick, memory only). */
+    int (*snapshot)(void *ctx, struct buf *out);
+    /* Replaces the whole state with an image made by snapshot (at open, or
+     * a snapshot received from a peer). Nothing changes on error. */
+    int (*restore)(void *ctx, const uint8_t *image, size_t len);
+    /* Makes durable every effect of the applies so far that the state
+     * machine deferred because the log could redo them (snapshot thread,
+     * before the log that could redo them is dropped). NULL: none. */
+    int (*sync)(void *ctx);
+    /* This replica needs a snapshot at or after slot from peer `from`: its
+     * peers compacted away the slots it lacks. Replica thread; must not
+     * block (start a transfer that ends in replica_install_snapshot). */
+    void (*snapshot_needed)(void *ctx, uint32_t from, uint64_t slot);
 };
 
 struct replica_transport {
@@ -69,6 +107,10 @@ struct replica_config {
     uint32_t ticks_heartbeat; /* default 2 */
     uint32_t op_timeout_ms;   /* default 30000 */
     uint32_t window;          /* slots in flight, default 32 */
+    char snap_dir[4096];      /* snapshot files; required with sm.snapshot */
+    uint64_t snapshot_every_slots; /* default 10000 */
+    uint64_t snapshot_every_bytes; /* of applied values, default 256 MiB */
+    uint64_t log_slack_slots;      /* kept before a snapshot, default 1000 */
     struct replica_sm sm;
     struct replica_transport transport;
 };
@@ -80,6 +122,10 @@ struct replica_status {
     uint64_t commit;
     uint64_t applied;
     uint64_t session;
+    uint64_t snapshot_slot; /* the newest snapshot file's slot, 0 none */
+    uint64_t log_first;     /* the first slot the core still holds */
+    uint64_t snapshots;     /* snapshots taken since open */
+    uint64_t snapshot_stall_ns_max; /* longest sm.snapshot call */
     bool failed;
 };
 
@@ -90,6 +136,14 @@ void replica_config_defaults(struct replica_config *c);
  * Starts no thread. -EBADMSG: the WAL is damaged (rebuild from peers);
  * other -errno from the WAL. */
 int replica_open(const struct replica_config *cfg, struct replica **out);
+/* Offline (fsck): restores the newest snapshot into cfg->sm and applies
+ * every committed entry after it, as a start would, then closes. Writes
+ * nothing (but what the WAL's recovery cuts: a torn tail), sends nothing,
+ * starts no thread; cfg->transport is not used. *snapshot_slot gets the
+ * snapshot's slot (0: none), *applied the last slot applied. Errors as
+ * replica_open. */
+int replica_load_offline(const struct replica_config *cfg, uint64_t *snapshot_slot,
+                         uint64_t *applied);
 /* Starts the replica thread (which first re-applies the committed log). */
 int replica_start(struct replica *r);
 /* Stops the thread; waiters still waiting get -ESHUTDOWN. Idempotent. */
@@ -112,5 +166,23 @@ int replica_propose(struct replica *r, const void *data, size_t len, int64_t *re
 int replica_read_barrier(struct replica *r);
 
 void replica_status(struct replica *r, struct replica_status *st);
+
+/* Installs the snapshot file at path (a whole snapfile, e.g. received from
+ * a peer, whose state machine image's dependencies are in place) and waits
+ * until the replica thread did it; the file is renamed into snap_dir.
+ * -EALREADY if this replica already applied that slot (nothing done),
+ * -EBADMSG if the file does not decode, the state machine's restore error,
+ * -ESHUTDOWN, -EIO.
+ * rebuild (fsck --repair of a replica whose state diverged): a snapshot at
+ * or before the applied slot replaces the state too, and the chosen log
+ * after it is applied again (-ERANGE if the core no longer holds all of
+ * it); this replica's own snapshot files are dropped and a new one taken. */
+int replica_install_snapshot(struct replica *r, const char *path, bool rebuild);
+/* Takes a snapshot now (tests, benchmarks), waits until it is on disk and
+ * the log is compacted; *slot (may be NULL) gets its slot. -ENOTSUP without
+ * sm.snapshot, -EALREADY if nothing was applied since the last one. */
+int replica_snapshot_now(struct replica *r, uint64_t *slot);
+/* The snapshot directory (for serving transfers). */
+const char *replica_snap_dir(const struct replica *r);
 
 #endif
