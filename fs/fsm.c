@@ -32,17 +32,31 @@
  *     changes only through SETATTR.
  *
  * Locking: one rwlock; fsm_apply takes it for writing, every read for
- * reading. The store is thread-safe on its own. */
+ * reading. The store is thread-safe on its own.
+ *
+ * Snapshots: fsm_image_encode writes the state as an image (layout in
+ * fsm.h) in inode order, under the read lock. fsm_image_restore decodes an
+ * image into a separate state with no lock held, checks it, and only then
+ * swaps it in under the write lock. The decoder refuses every state that
+ * apply asserts on or silently relies on (the tree shape of invariant 2,
+ * the orphan rules of invariant 5, no fewer links than names), so a restored
+ * state can never crash a later apply; link counts that are merely wrong it
+ * accepts, and fsm_check, which re-checks every invariant above, reports
+ * them. fsm_digest hashes the per-inode digests, which hash each inode's
+ * image record: one encoding defines what replicas must agree on. */
 #include "fs/fsm.h"
 
 #include "fs/store.h"
 
 #include "base/assert.h"
+#include "base/crc32c.h"
 #include "base/log.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -305,12 +319,16 @@ static void dtab_resize(struct dir *d, uint32_t cap)
     d->tab_cap = cap;
 }
 
-static void dir_add(struct dir *d, const char *name, size_t len, uint64_t ino)
+/* Adds an entry with the given cookie, which must be above every cookie in
+ * d (apply passes next_cookie; the image decoder the recorded one). */
+static void dir_add_at(struct dir *d, const char *name, size_t len, uint64_t ino,
+                       uint64_t cookie)
 {
     ASSERT(len >= 1 && len <= FSM_NAME_MAX);
+    ASSERT(d->order_len == 0 || d->order[d->order_len - 1].cookie < cookie);
     struct dent *e = xmalloc(sizeof *e + len + 1);
     e->ino = ino;
-    e->cookie = d->next_cookie++;
+    e->cookie = cookie;
     e->hash = name_hash(name, len);
     e->name_len = (uint32_t)len;
     memcpy(e->name, name, len);
@@ -324,6 +342,11 @@ static void dir_add(struct dir *d, const char *name, size_t len, uint64_t ino)
         d->order = xrealloc(d->order, (size_t)d->order_cap * sizeof *d->order);
     }
     d->order[d->order_len++] = (struct dslot){.cookie = e->cookie, .d = e};
+}
+
+static void dir_add(struct dir *d, const char *name, size_t len, uint64_t ino)
+{
+    dir_add_at(d, name, len, ino, d->next_cookie++);
 }
 
 /* First position in d->order whose cookie is > cookie. */
@@ -441,15 +464,12 @@ static void block_unref(struct fsm *f, const struct store_name *name)
     }
 }
 
-/* Frees the inode's memory and drops its store references. */
-static void inode_destroy(struct fsm *f, struct inode *in)
+/* Frees the inode's memory only (its store references are the caller's). */
+static void inode_free(struct inode *in)
 {
     if (S_ISDIR(in->mode)) {
         dir_deinit(&in->u.dir);
     } else if (S_ISREG(in->mode)) {
-        for (uint32_t i = 0; i < in->u.file.n; i++)
-            block_unref(f, &in->u.file.map[i].name);
-        f->bytes_stored -= in->u.file.bytes;
         free(in->u.file.map);
     } else if (S_ISLNK(in->mode)) {
         free(in->u.link.target);
@@ -460,6 +480,17 @@ static void inode_destroy(struct fsm *f, struct inode *in)
     }
     free(in->xattrs);
     free(in);
+}
+
+/* Frees the inode's memory and drops its store references. */
+static void inode_destroy(struct fsm *f, struct inode *in)
+{
+    if (S_ISREG(in->mode)) {
+        for (uint32_t i = 0; i < in->u.file.n; i++)
+            block_unref(f, &in->u.file.map[i].name);
+        f->bytes_stored -= in->u.file.bytes;
+    }
+    inode_free(in);
 }
 
 static void inode_release_free(struct fsm *f, struct inode *in)
@@ -1936,99 +1967,1131 @@ size_t fsm_orphans_held(struct fsm *f, uint32_t node, uint64_t *out, size_t cap)
 }
 
 /* ------------------------------------------------------------------ */
-/* digest                                                              */
+/* the image: one inode's record (fsm.h has the layout)                */
 
-struct dg {
-    uint64_t h;
+#define IMG_MAGIC "PXIM"
+#define IMG_VERSION 1
+/* magic, version, n_nodes, block_size, next_ino, n_inodes */
+#define IMG_HDR_LEN (4u + 1u + 4u + 4u + 8u + 8u)
+#define IMG_CRC_LEN 4u
+#define IMG_F_ORPHAN 1u
+/* The smallest record of each kind: a count is checked against the bytes
+ * left before anything is allocated for it, so a forged count costs
+ * nothing. */
+#define IMG_INODE_MIN (8u + 4u * 4u + 3u * 8u + 1u + 2u)
+#define IMG_XATTR_MIN (1u + 1u + 4u)
+#define IMG_DENT_MIN (8u + 8u + 1u + 1u)
+#define IMG_BENT_LEN (8u + STORE_NAME_LEN + 4u)
+/* Far above any cookie a directory can reach, far below the wrap of
+ * next_cookie++ (after which cookies would not ascend). */
+#define IMG_COOKIE_MAX (UINT64_MAX / 2)
+/* Far above any directory, far below the doubling limits of the tables. */
+#define IMG_DIR_ENTRIES_MAX (1u << 30)
+/* Far above any number a replica can reach, far below where the int64_t
+ * result of a create (fsm_apply) would turn negative. */
+#define IMG_NEXT_INO_MAX (1ull << 62)
+
+_Static_assert(FSM_NODES_MAX <= 16, "release masks travel as u16");
+_Static_assert(FSM_SYMLINK_MAX <= UINT16_MAX, "symlink targets travel with a u16 length");
+_Static_assert(FSM_NAME_MAX <= UINT8_MAX && FSM_XATTR_NAME_MAX <= UINT8_MAX,
+               "names travel with a u8 length");
+/* Each xattr name takes at least 2 bytes of the list (a byte and its NUL). */
+_Static_assert(XATTR_LIST_BYTES_MAX / 2 <= UINT16_MAX, "xattr counts travel as u16");
+
+struct ikey {
+    uint64_t ino;
+    struct inode *in;
 };
 
-static void dg_u64(struct dg *d, uint64_t v)
+/* Every inode, in ascending inode order, and (if inos is not NULL) their
+ * numbers in a parallel array for inodes_find; the caller frees both. The
+ * caller holds the lock. An LSD radix sort on the numbers, one pass per
+ * byte of the largest: a comparison sort chasing inode pointers was most
+ * of an image's encode time (cache misses). */
+static struct inode **inodes_sorted(const struct fsm *f, uint64_t **inos)
 {
-    d->h = mix64(d->h ^ mix64(v + 0x9e3779b97f4a7c15ull));
-}
-
-static void dg_bytes(struct dg *d, const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    dg_u64(d, n);
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        dg_u64(d, le_get_u64(b + i));
-    if (i < n) {
-        uint8_t t[8] = {0};
-        memcpy(t, b + i, n - i);
-        dg_u64(d, le_get_u64(t));
+    uint64_t n = f->n_inodes;
+    struct ikey *a = xmalloc(n * sizeof *a), *b = xmalloc(n * sizeof *b);
+    uint64_t k = 0, max = 0;
+    for (uint64_t i = 0; i < f->itab_cap; i++)
+        if (f->itab[i]) {
+            a[k++] = (struct ikey){.ino = f->itab[i]->ino, .in = f->itab[i]};
+            max = MAX(max, f->itab[i]->ino);
+        }
+    ASSERT(k == n);
+    for (unsigned shift = 0; shift < 64 && (max >> shift) != 0; shift += 8) {
+        uint64_t count[257] = {0};
+        for (uint64_t i = 0; i < n; i++)
+            count[((a[i].ino >> shift) & 0xff) + 1]++;
+        for (unsigned d = 1; d <= 256; d++)
+            count[d] += count[d - 1];
+        for (uint64_t i = 0; i < n; i++)
+            b[count[(a[i].ino >> shift) & 0xff]++] = a[i];
+        struct ikey *t = a;
+        a = b;
+        b = t;
     }
+    struct inode **all = xmalloc(n * sizeof *all);
+    uint64_t *keys = inos ? xmalloc(n * sizeof *keys) : NULL;
+    for (uint64_t i = 0; i < n; i++) {
+        all[i] = a[i].in;
+        if (keys)
+            keys[i] = a[i].ino;
+    }
+    free(a);
+    free(b);
+    if (inos)
+        *inos = keys;
+    return all;
 }
 
-static int ino_cmp(const void *a, const void *b)
+/* Position of ino in inos[0..n) (ascending), or n. */
+static uint64_t inodes_find(const uint64_t *inos, uint64_t n, uint64_t ino)
 {
-    uint64_t x = (*(struct inode *const *)a)->ino, y = (*(struct inode *const *)b)->ino;
-    return x < y ? -1 : x > y;
+    uint64_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (inos[mid] < ino)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && inos[lo] == ino ? lo : n;
 }
 
-static void dg_inode(struct dg *d, const struct inode *in)
+static uint32_t nodes_mask(uint32_t n_nodes)
 {
-    dg_u64(d, in->ino);
-    dg_u64(d, in->mode);
-    dg_u64(d, in->nlink);
-    dg_u64(d, in->uid);
-    dg_u64(d, in->gid);
-    dg_u64(d, in->rdev);
-    dg_u64(d, in->size);
-    dg_u64(d, (uint64_t)in->atime_ns);
-    dg_u64(d, (uint64_t)in->mtime_ns);
-    dg_u64(d, (uint64_t)in->ctime_ns);
-    dg_u64(d, in->parent);
-    dg_u64(d, in->orphan);
-    dg_u64(d, in->release_mask);
-    dg_u64(d, in->n_xattrs);
+    return n_nodes >= 32 ? UINT32_MAX : (uint32_t)((1ull << n_nodes) - 1);
+}
+
+/* One inode's record: what the image holds for it and what its digest
+ * covers. Fields a type never sets (rdev but for devices, parent but for
+ * directories, size but for regular files: a directory's is its entry
+ * count, a symlink's its target's length) are not written. */
+static void img_put_inode(struct buf *b, const struct inode *in)
+{
+    buf_put_u64(b, in->ino);
+    buf_put_u32(b, in->mode);
+    buf_put_u32(b, in->nlink);
+    buf_put_u32(b, in->uid);
+    buf_put_u32(b, in->gid);
+    buf_put_u64(b, (uint64_t)in->atime_ns);
+    buf_put_u64(b, (uint64_t)in->mtime_ns);
+    buf_put_u64(b, (uint64_t)in->ctime_ns);
+    buf_put_u8(b, in->orphan ? IMG_F_ORPHAN : 0);
+    if (in->orphan)
+        buf_put_u16(b, (uint16_t)in->release_mask);
+    buf_put_u16(b, (uint16_t)in->n_xattrs);
     for (uint32_t i = 0; i < in->n_xattrs; i++) {
-        dg_bytes(d, in->xattrs[i].name, in->xattrs[i].name_len);
-        dg_bytes(d, in->xattrs[i].value, in->xattrs[i].value_len);
+        const struct xattr *x = &in->xattrs[i];
+        buf_put_u8(b, (uint8_t)x->name_len);
+        buf_put(b, x->name, x->name_len);
+        buf_put_u32(b, x->value_len);
+        if (x->value_len)
+            buf_put(b, x->value, x->value_len);
     }
-    if (S_ISDIR(in->mode)) {
-        const struct dir *dd = &in->u.dir;
-        dg_u64(d, dd->next_cookie);
-        dg_u64(d, dd->n);
-        for (uint32_t i = 0; i < dd->order_len; i++) {
-            const struct dent *e = dd->order[i].d;
+    switch (in->mode & S_IFMT) {
+    case S_IFDIR: {
+        const struct dir *d = &in->u.dir;
+        buf_put_u64(b, in->parent);
+        buf_put_u64(b, d->next_cookie);
+        buf_put_u32(b, d->n);
+        for (uint32_t i = 0; i < d->order_len; i++) {
+            const struct dent *e = d->order[i].d;
             if (!e)
                 continue;
-            dg_u64(d, e->cookie);
-            dg_u64(d, e->ino);
-            dg_bytes(d, e->name, e->name_len);
+            buf_put_u64(b, e->cookie);
+            buf_put_u64(b, e->ino);
+            buf_put_u8(b, (uint8_t)e->name_len);
+            buf_put(b, e->name, e->name_len);
         }
-    } else if (S_ISREG(in->mode)) {
-        dg_u64(d, in->u.file.n);
+        break;
+    }
+    case S_IFREG:
+        buf_put_u64(b, in->size);
+        buf_put_u32(b, in->u.file.n);
         for (uint32_t i = 0; i < in->u.file.n; i++) {
             const struct bent *e = &in->u.file.map[i];
-            dg_u64(d, e->index);
-            dg_u64(d, e->len);
-            dg_bytes(d, e->name.b, STORE_NAME_LEN);
+            buf_put_u64(b, e->index);
+            buf_put(b, e->name.b, STORE_NAME_LEN);
+            buf_put_u32(b, e->len);
         }
-    } else if (S_ISLNK(in->mode)) {
-        dg_bytes(d, in->u.link.target, in->size);
+        break;
+    case S_IFLNK:
+        buf_put_u16(b, (uint16_t)in->size);
+        buf_put(b, in->u.link.target, in->size);
+        break;
+    case S_IFCHR:
+    case S_IFBLK:
+        buf_put_u64(b, in->rdev);
+        break;
+    default:
+        break;
     }
+}
+
+static bool img_mode_ok(uint32_t mode)
+{
+    if (mode & ~(uint32_t)(S_IFMT | 07777))
+        return false;
+    switch (mode & S_IFMT) {
+    case S_IFREG:
+    case S_IFDIR:
+    case S_IFLNK:
+    case S_IFCHR:
+    case S_IFBLK:
+    case S_IFIFO:
+    case S_IFSOCK:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* An image being read: its header, and a reader over the bytes between the
+ * header and the CRC. */
+struct img {
+    struct reader r;
+    uint32_t n_nodes, bs;
+    uint64_t next_ino, n_inodes;
+};
+
+/* Checks the CRC and the header and positions the reader on the first
+ * inode. -EBADMSG. */
+static int img_open(struct img *im, const uint8_t *p, size_t len)
+{
+    if (!p || len < IMG_HDR_LEN + 8u + IMG_CRC_LEN)
+        return -EBADMSG;
+    if (crc32c(0, p, len - IMG_CRC_LEN) != le_get_u32(p + len - IMG_CRC_LEN))
+        return -EBADMSG;
+    struct img m;
+    reader_init(&m.r, p, len - IMG_CRC_LEN);
+    const uint8_t *magic = get_bytes(&m.r, 4);
+    uint8_t version = get_u8(&m.r);
+    m.n_nodes = get_u32(&m.r);
+    m.bs = get_u32(&m.r);
+    m.next_ino = get_u64(&m.r);
+    m.n_inodes = get_u64(&m.r);
+    if (!reader_ok(&m.r) || memcmp(magic, IMG_MAGIC, 4) != 0 || version != IMG_VERSION)
+        return -EBADMSG;
+    if (m.n_nodes < 1 || m.n_nodes > FSM_NODES_MAX)
+        return -EBADMSG;
+    if (m.bs < STORE_BLOCK_SIZE_MIN || m.bs > STORE_BLOCK_SIZE_MAX || (m.bs & (m.bs - 1)))
+        return -EBADMSG;
+    /* At least the root; every number below next_ino (which starts at 2). */
+    if (m.next_ino <= FSM_ROOT_INO || m.next_ino > IMG_NEXT_INO_MAX || m.n_inodes < 1 ||
+        m.n_inodes >= m.next_ino ||
+        m.n_inodes > reader_left(&m.r) / IMG_INODE_MIN)
+        return -EBADMSG;
+    *im = m;
+    return 0;
+}
+
+static int img_get_xattrs(struct img *im, struct inode *in)
+{
+    struct reader *r = &im->r;
+    uint32_t n = get_u16(r);
+    if (!reader_ok(r) || n > reader_left(r) / IMG_XATTR_MIN)
+        return -EBADMSG;
+    if (n)
+        in->xattrs = xcalloc(n, sizeof *in->xattrs);
+    uint64_t names = 0, values = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t nlen = get_u8(r);
+        const char *name = (const char *)get_bytes(r, nlen);
+        uint32_t vlen = get_u32(r);
+        if (!reader_ok(r) || nlen == 0 || memchr(name, '\0', nlen) || vlen > FSM_XATTR_VALUE_MAX)
+            return -EBADMSG;
+        const uint8_t *value = get_bytes(r, vlen);
+        if (!reader_ok(r))
+            return -EBADMSG;
+        /* Strictly ascending: sorted and no name twice (xattr_pos). */
+        if (i > 0 && xattr_cmp(in->xattrs[i - 1].name, in->xattrs[i - 1].name_len, name, nlen) >= 0)
+            return -EBADMSG;
+        names += nlen + 1;
+        values += vlen;
+        if (names > XATTR_LIST_BYTES_MAX || values > XATTR_VALUE_BYTES_MAX)
+            return -EBADMSG;
+        struct xattr *x = &in->xattrs[i];
+        x->name = xmalloc(nlen + 1);
+        memcpy(x->name, name, nlen);
+        x->name[nlen] = '\0';
+        x->name_len = nlen;
+        x->value = xmalloc(vlen);
+        if (vlen)
+            memcpy(x->value, value, vlen);
+        x->value_len = vlen;
+        in->n_xattrs = i + 1;
+    }
+    return 0;
+}
+
+static int img_get_dir(struct img *im, struct inode *in)
+{
+    struct reader *r = &im->r;
+    struct dir *d = &in->u.dir;
+    in->parent = get_u64(r);
+    uint64_t next_cookie = get_u64(r);
+    uint32_t n = get_u32(r);
+    if (!reader_ok(r) || in->parent < FSM_ROOT_INO || in->parent >= im->next_ino ||
+        n > IMG_DIR_ENTRIES_MAX || n > reader_left(r) / IMG_DENT_MIN)
+        return -EBADMSG;
+    uint64_t prev = COOKIE_DOTDOT;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t cookie = get_u64(r);
+        uint64_t ino = get_u64(r);
+        uint32_t nlen = get_u8(r);
+        const char *name = (const char *)get_bytes(r, nlen);
+        if (!reader_ok(r) || cookie <= prev || ino < FSM_ROOT_INO || ino >= im->next_ino ||
+            check_entry_name(name, nlen) != 0 || dir_find(d, name, nlen))
+            return -EBADMSG;
+        dir_add_at(d, name, nlen, ino, cookie);
+        prev = cookie;
+    }
+    if (next_cookie <= prev || next_cookie > IMG_COOKIE_MAX)
+        return -EBADMSG;
+    d->next_cookie = next_cookie;
+    return 0;
+}
+
+static int img_get_file(struct img *im, struct inode *in)
+{
+    struct reader *r = &im->r;
+    in->size = get_u64(r);
+    uint32_t n = get_u32(r);
+    if (!reader_ok(r) || in->size > FSM_FILE_SIZE_MAX || n > reader_left(r) / IMG_BENT_LEN)
+        return -EBADMSG;
+    if (n) {
+        in->u.file.map = xmalloc((size_t)n * sizeof *in->u.file.map);
+        in->u.file.cap = n;
+    }
+    /* Indexes stay below the largest file, so index * bs never wraps; a
+     * block past the size is fsm_check's to report. */
+    uint64_t index_max = (FSM_FILE_SIZE_MAX - 1) / im->bs;
+    for (uint32_t i = 0; i < n; i++) {
+        struct bent e;
+        e.index = get_u64(r);
+        const uint8_t *name = get_bytes(r, STORE_NAME_LEN);
+        e.len = get_u32(r);
+        if (!reader_ok(r))
+            return -EBADMSG;
+        memcpy(e.name.b, name, STORE_NAME_LEN);
+        if ((i > 0 && e.index <= in->u.file.map[i - 1].index) || e.index > index_max ||
+            e.len == 0 || e.len > im->bs || store_name_is_none(&e.name))
+            return -EBADMSG;
+        in->u.file.map[i] = e;
+        in->u.file.n = i + 1;
+        in->u.file.bytes += e.len;
+    }
+    return 0;
+}
+
+static int img_get_link(struct img *im, struct inode *in)
+{
+    struct reader *r = &im->r;
+    uint32_t len = get_u16(r);
+    const uint8_t *target = get_bytes(r, len);
+    if (!reader_ok(r) || len == 0 || len > FSM_SYMLINK_MAX || memchr(target, '\0', len))
+        return -EBADMSG;
+    in->u.link.target = xmalloc(len + 1);
+    memcpy(in->u.link.target, target, len);
+    in->u.link.target[len] = '\0';
+    in->size = len;
+    return 0;
+}
+
+/* Reads one inode record, whose number must be above prev_ino, into a new
+ * inode (no store references taken). Checks the record alone; the
+ * cross-references are img_check_tree's. -EBADMSG. */
+static int img_get_inode(struct img *im, uint64_t prev_ino, struct inode **out)
+{
+    struct reader *r = &im->r;
+    struct inode *in = xcalloc(1, sizeof *in);
+    in->ino = get_u64(r);
+    in->mode = get_u32(r);
+    in->nlink = get_u32(r);
+    in->uid = get_u32(r);
+    in->gid = get_u32(r);
+    in->atime_ns = (int64_t)get_u64(r);
+    in->mtime_ns = (int64_t)get_u64(r);
+    in->ctime_ns = (int64_t)get_u64(r);
+    uint8_t flags = get_u8(r);
+    int rc = -EBADMSG;
+    if (!reader_ok(r) || !img_mode_ok(in->mode)) {
+        in->mode = S_IFIFO; /* owns nothing: inode_free frees just the inode */
+        goto bad;
+    }
+    if (in->ino <= prev_ino || in->ino >= im->next_ino || (flags & ~IMG_F_ORPHAN))
+        goto bad;
+    if (flags & IMG_F_ORPHAN) {
+        /* An orphan has no name (nlink 0) and a node that has not released
+         * it yet (else it would have been freed). */
+        in->orphan = true;
+        in->release_mask = get_u16(r);
+        if (!reader_ok(r) || in->nlink != 0 || in->release_mask == 0 ||
+            (in->release_mask & ~nodes_mask(im->n_nodes)))
+            goto bad;
+    }
+    rc = img_get_xattrs(im, in);
+    if (rc != 0)
+        goto bad;
+    switch (in->mode & S_IFMT) {
+    case S_IFDIR:
+        rc = img_get_dir(im, in);
+        break;
+    case S_IFREG:
+        rc = img_get_file(im, in);
+        break;
+    case S_IFLNK:
+        rc = img_get_link(im, in);
+        break;
+    case S_IFCHR:
+    case S_IFBLK:
+        in->rdev = get_u64(r);
+        rc = reader_ok(r) ? 0 : -EBADMSG;
+        break;
+    default:
+        rc = 0;
+        break;
+    }
+    if (rc != 0)
+        goto bad;
+    *out = in;
+    return 0;
+bad:
+    inode_free(in);
+    return -EBADMSG;
+}
+
+/* Frees a state that holds no store references (a decoded image, or an old
+ * state whose references were dropped). */
+static void state_free(struct fsm *s)
+{
+    for (uint64_t i = 0; i < s->itab_cap; i++)
+        if (s->itab[i])
+            inode_free(s->itab[i]);
+    free(s->itab);
+    free(s->orphans);
+    free(s);
+}
+
+/* The cross-references of a decoded state whose inodes are all[0..n), in
+ * ascending order, numbered inos[0..n): what apply relies on without checking (fsm.h,
+ * fsm_image_restore). -EBADMSG. */
+static int img_check_tree(struct inode *const *all, const uint64_t *inos, uint64_t n)
+{
+    struct inode *root = all[0];
+    if (root->ino != FSM_ROOT_INO || !S_ISDIR(root->mode) || root->orphan ||
+        root->parent != FSM_ROOT_INO)
+        return -EBADMSG;
+    int rc = -EBADMSG;
+    uint64_t *names = xcalloc(n, sizeof *names); /* entries naming each inode */
+    struct inode **queue = xmalloc(n * sizeof *queue);
+    uint64_t live_dirs = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        const struct inode *d = all[i];
+        if (!S_ISDIR(d->mode))
+            continue;
+        if (!d->orphan)
+            live_dirs++;
+        for (uint32_t k = 0; k < d->u.dir.order_len; k++) {
+            const struct dent *e = d->u.dir.order[k].d;
+            uint64_t t = inodes_find(inos, n, e->ino);
+            if (t == n)
+                goto out; /* names a missing inode */
+            /* A directory's ".." is the directory that names it. */
+            if (S_ISDIR(all[t]->mode) && all[t]->parent != d->ino)
+                goto out;
+            names[t]++;
+        }
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        const struct inode *in = all[i];
+        if (i == 0) {
+            if (names[i] != 0)
+                goto out;
+        } else if (S_ISDIR(in->mode)) {
+            /* Orphaned directories are empty and nameless (rmdir), live ones
+             * have exactly one name: no hard links to directories. */
+            if (in->orphan ? names[i] != 0 || in->u.dir.n != 0 : names[i] != 1)
+                goto out;
+        } else if (names[i] > in->nlink) {
+            /* Fewer links than names: unlinking would orphan (and later
+             * free) an inode that another entry still names. */
+            goto out;
+        }
+    }
+    /* Every live directory has one name in the directory its parent
+     * names; reaching them all from the root rules out parent cycles. */
+    uint64_t head = 0, tail = 0, reached = 1;
+    queue[tail++] = root;
+    while (head < tail) {
+        const struct dir *d = &queue[head++]->u.dir;
+        for (uint32_t k = 0; k < d->order_len; k++) {
+            uint64_t t = inodes_find(inos, n, d->order[k].d->ino);
+            if (!S_ISDIR(all[t]->mode))
+                continue;
+            ASSERT(tail < n); /* each live directory has one name */
+            queue[tail++] = all[t];
+            reached++;
+        }
+    }
+    if (reached == live_dirs)
+        rc = 0;
+out:
+    free(names);
+    free(queue);
+    return rc;
+}
+
+/* Builds a new state from the inodes and orphan list of im (its header
+ * already checked). No store references are taken. -EBADMSG. */
+static int img_build(struct img *im, struct fsm **out)
+{
+    struct reader *r = &im->r;
+    struct fsm *s = xcalloc(1, sizeof *s);
+    s->n_nodes = im->n_nodes;
+    s->bs = im->bs;
+    s->next_ino = im->next_ino;
+    s->itab_cap = 64;
+    while (s->itab_cap < im->n_inodes * 2)
+        s->itab_cap *= 2;
+    s->itab = xcalloc(s->itab_cap, sizeof *s->itab);
+    uint64_t n = im->n_inodes;
+    struct inode **all = xmalloc(n * sizeof *all);
+    uint64_t *inos = xmalloc(n * sizeof *inos);
+    uint64_t prev = 0, n_marked = 0;
+    int rc = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        rc = img_get_inode(im, prev, &all[i]);
+        if (rc != 0)
+            goto fail;
+        prev = inos[i] = all[i]->ino;
+        itab_insert(s, all[i]);
+        if (S_ISREG(all[i]->mode))
+            s->bytes_stored += all[i]->u.file.bytes;
+        n_marked += all[i]->orphan;
+    }
+    uint64_t n_orphans = get_u64(r);
+    rc = -EBADMSG;
+    if (!reader_ok(r) || n_orphans != n_marked || n_orphans != reader_left(r) / 8)
+        goto fail;
+    s->orphans = xmalloc(n_orphans * sizeof *s->orphans);
+    s->orphans_cap = n_orphans;
+    for (uint64_t i = 0; i < n_orphans; i++) {
+        uint64_t ino = get_u64(r);
+        const struct inode *in = itab_get(s, ino);
+        if (!reader_ok(r) || !in || !in->orphan || (i > 0 && ino <= s->orphans[i - 1]))
+            goto fail;
+        s->orphans[s->n_orphans++] = ino;
+    }
+    if (reader_left(r) != 0)
+        goto fail;
+    rc = img_check_tree(all, inos, n);
+    if (rc != 0)
+        goto fail;
+    free(all);
+    free(inos);
+    *out = s;
+    return 0;
+fail:
+    free(all);
+    free(inos);
+    state_free(s);
+    return -EBADMSG;
+}
+
+/* ------------------------------------------------------------------ */
+/* public: snapshots                                                   */
+
+int fsm_image_encode(struct fsm *f, struct buf *out)
+{
+    pthread_rwlock_rdlock(&f->lock);
+    size_t start = out->len;
+    buf_reserve(out, IMG_HDR_LEN + f->n_inodes * (IMG_INODE_MIN + 24) + 8 * f->n_orphans + 12);
+    buf_put(out, IMG_MAGIC, 4);
+    buf_put_u8(out, IMG_VERSION);
+    buf_put_u32(out, f->n_nodes);
+    buf_put_u32(out, f->bs);
+    buf_put_u64(out, f->next_ino);
+    buf_put_u64(out, f->n_inodes);
+    struct inode **all = inodes_sorted(f, NULL);
+    for (uint64_t i = 0; i < f->n_inodes; i++)
+        img_put_inode(out, all[i]);
+    buf_put_u64(out, f->n_orphans);
+    for (size_t i = 0; i < f->n_orphans; i++)
+        buf_put_u64(out, f->orphans[i]);
+    pthread_rwlock_unlock(&f->lock);
+    free(all);
+    buf_put_u32(out, crc32c(0, out->data + start, out->len - start));
+    return 0;
+}
+
+int fsm_image_restore(struct fsm *f, const uint8_t *p, size_t len)
+{
+    struct img im;
+    int rc = img_open(&im, p, len);
+    if (rc != 0)
+        return rc;
+    /* n_nodes and bs never change after fsm_new: no lock needed. */
+    if (im.n_nodes != f->n_nodes || im.bs != f->bs)
+        return -EINVAL;
+    struct fsm *s;
+    rc = img_build(&im, &s);
+    if (rc != 0)
+        return rc;
+    pthread_rwlock_wrlock(&f->lock);
+    /* The new references first, so that a block both states map never
+     * drops to zero references (where a concurrent store_gc could take it). */
+    for (uint64_t i = 0; i < s->itab_cap; i++) {
+        const struct inode *in = s->itab[i];
+        if (in && S_ISREG(in->mode))
+            for (uint32_t k = 0; k < in->u.file.n; k++)
+                store_ref(f->store, &in->u.file.map[k].name);
+    }
+#define SWAP(field)                    \
+    do {                               \
+        __typeof__(f->field) t_ = f->field; \
+        f->field = s->field;           \
+        s->field = t_;                 \
+    } while (0)
+    SWAP(next_ino);
+    SWAP(itab);
+    SWAP(itab_cap);
+    SWAP(n_inodes);
+    SWAP(orphans);
+    SWAP(n_orphans);
+    SWAP(orphans_cap);
+    SWAP(bytes_stored);
+#undef SWAP
+    for (uint64_t i = 0; i < s->itab_cap; i++) {
+        const struct inode *in = s->itab[i];
+        if (in && S_ISREG(in->mode))
+            for (uint32_t k = 0; k < in->u.file.n; k++)
+                block_unref(f, &in->u.file.map[k].name);
+    }
+    uint64_t n_inodes = f->n_inodes, next_ino = f->next_ino;
+    pthread_rwlock_unlock(&f->lock);
+    state_free(s); /* the old state's memory, outside the lock */
+    LOG_I("fsm: image restored bytes=%zu inodes=%llu next_ino=%llu", len,
+          (unsigned long long)n_inodes, (unsigned long long)next_ino);
+    return 0;
+}
+
+int fsm_image_info(const uint8_t *p, size_t len, uint32_t *n_nodes, uint32_t *block_size)
+{
+    struct img im;
+    int rc = img_open(&im, p, len);
+    if (rc != 0)
+        return rc;
+    *n_nodes = im.n_nodes;
+    *block_size = im.bs;
+    return 0;
+}
+
+int fsm_image_blocks(const uint8_t *p, size_t len, fsm_block_fn fn, void *ctx)
+{
+    struct img im;
+    int rc = img_open(&im, p, len);
+    if (rc != 0)
+        return rc;
+    uint64_t prev = 0;
+    for (uint64_t i = 0; i < im.n_inodes; i++) {
+        struct inode *in;
+        rc = img_get_inode(&im, prev, &in);
+        if (rc != 0)
+            return rc;
+        prev = in->ino;
+        if (S_ISREG(in->mode))
+            for (uint32_t k = 0; k < in->u.file.n && rc == 0; k++) {
+                const struct bent *e = &in->u.file.map[k];
+                rc = fn(ctx, in->ino, e->index, &e->name, e->len);
+            }
+        inode_free(in);
+        if (rc != 0)
+            return rc;
+    }
+    /* The orphan list's shape; what it names is fsm_image_restore's. */
+    uint64_t n_orphans = get_u64(&im.r);
+    if (!reader_ok(&im.r) || n_orphans > im.n_inodes || n_orphans != reader_left(&im.r) / 8 ||
+        reader_left(&im.r) % 8 != 0)
+        return -EBADMSG;
+    return 0;
+}
+
+int fsm_blocks(struct fsm *f, fsm_block_fn fn, void *ctx)
+{
+    int rc = 0;
+    pthread_rwlock_rdlock(&f->lock);
+    struct inode **all = inodes_sorted(f, NULL);
+    for (uint64_t i = 0; i < f->n_inodes && rc == 0; i++) {
+        const struct inode *in = all[i];
+        if (!S_ISREG(in->mode))
+            continue;
+        for (uint32_t k = 0; k < in->u.file.n && rc == 0; k++) {
+            const struct bent *e = &in->u.file.map[k];
+            rc = fn(ctx, in->ino, e->index, &e->name, e->len);
+        }
+    }
+    pthread_rwlock_unlock(&f->lock);
+    free(all);
+    return rc;
+}
+
+int fsm_test_diverge(struct fsm *f, uint64_t ino)
+{
+    pthread_rwlock_wrlock(&f->lock);
+    struct inode *in = itab_get(f, ino);
+    if (in)
+        in->mtime_ns++;
+    pthread_rwlock_unlock(&f->lock);
+    return in ? 0 : -ENOENT;
+}
+
+/* ------------------------------------------------------------------ */
+/* digests                                                             */
+
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static EVP_MD *sha256_md;
+
+/* Fetched once: an implicit fetch per EVP_DigestInit_ex costs a lookup. */
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+/* Hashes inodes under the caller's lock. */
+struct hasher {
+    EVP_MD_CTX *ctx;
+    struct buf rec;
+};
+
+static int hasher_init(struct hasher *h)
+{
+    pthread_once(&sha256_once, sha256_fetch);
+    if (!sha256_md)
+        return -EIO;
+    h->ctx = EVP_MD_CTX_new();
+    if (!h->ctx)
+        return -ENOMEM;
+    buf_init(&h->rec);
+    return 0;
+}
+
+static void hasher_deinit(struct hasher *h)
+{
+    EVP_MD_CTX_free(h->ctx);
+    buf_deinit(&h->rec);
+}
+
+static int hasher_inode(struct hasher *h, const struct inode *in,
+                        uint8_t out[FSM_INODE_DIGEST_BYTES])
+{
+    buf_reset(&h->rec);
+    img_put_inode(&h->rec, in);
+    uint8_t md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    if (EVP_DigestInit_ex(h->ctx, sha256_md, NULL) != 1 ||
+        EVP_DigestUpdate(h->ctx, h->rec.data, h->rec.len) != 1 ||
+        EVP_DigestFinal_ex(h->ctx, md, &md_len) != 1 || md_len < FSM_INODE_DIGEST_BYTES)
+        return -ENOMEM;
+    memcpy(out, md, FSM_INODE_DIGEST_BYTES);
+    return 0;
+}
+
+/* Every inode's number and digest, in inode order, into new arrays (the
+ * caller frees them). Under the caller's lock. */
+static int digests_compute(struct fsm *f, uint64_t **inos_out, uint8_t **digests_out)
+{
+    struct hasher h;
+    int rc = hasher_init(&h);
+    if (rc != 0)
+        return rc;
+    struct inode **all = inodes_sorted(f, NULL);
+    uint64_t *inos = xmalloc(f->n_inodes * sizeof *inos);
+    uint8_t *digests = xmalloc(f->n_inodes * FSM_INODE_DIGEST_BYTES);
+    for (uint64_t i = 0; i < f->n_inodes && rc == 0; i++) {
+        inos[i] = all[i]->ino;
+        rc = hasher_inode(&h, all[i], digests + i * FSM_INODE_DIGEST_BYTES);
+    }
+    free(all);
+    hasher_deinit(&h);
+    if (rc != 0) {
+        free(inos);
+        free(digests);
+        return rc;
+    }
+    *inos_out = inos;
+    *digests_out = digests;
+    return 0;
+}
+
+int fsm_inode_digests(struct fsm *f, fsm_inode_digest_fn fn, void *ctx)
+{
+    uint64_t *inos;
+    uint8_t *digests;
+    pthread_rwlock_rdlock(&f->lock);
+    uint64_t n = f->n_inodes;
+    int rc = digests_compute(f, &inos, &digests);
+    pthread_rwlock_unlock(&f->lock);
+    if (rc != 0)
+        return rc;
+    for (uint64_t i = 0; i < n && rc == 0; i++)
+        rc = fn(ctx, inos[i], digests + i * FSM_INODE_DIGEST_BYTES);
+    free(inos);
+    free(digests);
+    return rc;
+}
+
+static void sha_u64(EVP_MD_CTX *ctx, uint64_t v, bool *ok)
+{
+    uint8_t b[8];
+    le_put_u64(b, v);
+    *ok = *ok && EVP_DigestUpdate(ctx, b, sizeof b) == 1;
 }
 
 uint64_t fsm_digest(struct fsm *f)
 {
+    uint64_t *inos;
+    uint8_t *digests;
     pthread_rwlock_rdlock(&f->lock);
-    struct inode **all = xmalloc(f->n_inodes * sizeof *all);
-    uint64_t n = 0;
-    for (uint64_t i = 0; i < f->itab_cap; i++)
-        if (f->itab[i])
-            all[n++] = f->itab[i];
-    ASSERT(n == f->n_inodes);
-    qsort(all, n, sizeof *all, ino_cmp);
-    struct dg d = {.h = 0x7061786673ull}; /* "paxfs" */
-    dg_u64(&d, f->next_ino);
-    dg_u64(&d, f->n_nodes);
-    dg_u64(&d, n);
-    for (uint64_t i = 0; i < n; i++)
-        dg_inode(&d, all[i]);
-    free(all);
+    uint64_t n = f->n_inodes;
+    int rc = digests_compute(f, &inos, &digests);
+    /* OpenSSL hashing memory fails only when memory runs out, which
+     * xmalloc treats as fatal too. */
+    ASSERT(rc == 0);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    ASSERT(ctx);
+    bool ok = EVP_DigestInit_ex(ctx, sha256_md, NULL) == 1;
+    ok = ok && EVP_DigestUpdate(ctx, "paxfs-fsm", 9) == 1;
+    sha_u64(ctx, f->n_nodes, &ok);
+    sha_u64(ctx, f->next_ino, &ok);
+    sha_u64(ctx, n, &ok);
+    for (uint64_t i = 0; i < n; i++) {
+        sha_u64(ctx, inos[i], &ok);
+        ok = ok && EVP_DigestUpdate(ctx, digests + i * FSM_INODE_DIGEST_BYTES,
+                                    FSM_INODE_DIGEST_BYTES) == 1;
+    }
+    sha_u64(ctx, f->n_orphans, &ok);
+    for (size_t i = 0; i < f->n_orphans; i++)
+        sha_u64(ctx, f->orphans[i], &ok);
     pthread_rwlock_unlock(&f->lock);
-    return d.h;
+    uint8_t md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    ok = ok && EVP_DigestFinal_ex(ctx, md, &md_len) == 1 && md_len >= 8;
+    ASSERT(ok);
+    EVP_MD_CTX_free(ctx);
+    free(inos);
+    free(digests);
+    return le_get_u64(md);
+}
+
+/* ------------------------------------------------------------------ */
+/* consistency check                                                   */
+
+struct chk {
+    fsm_finding_fn fn;
+    void *ctx;
+    size_t n;
+};
+
+__attribute__((format(printf, 3, 4)))
+static void finding(struct chk *c, uint64_t ino, const char *fmt, ...)
+{
+    char what[200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    c->n++;
+    if (c->fn)
+        c->fn(c->ctx, ino, what);
+}
+
+/* Counts per inode (by position in the sorted array). */
+struct chk_counts {
+    uint64_t *inos;    /* the sorted inode numbers */
+    uint64_t *names;   /* entries naming it */
+    uint64_t *subdirs; /* directories: entries naming a directory */
+    uint8_t *state;    /* parent walk: 0 unseen, 1 on the path, 2 reaches the root, 3 does not */
+    bool *reached;     /* from the root through entries */
+};
+
+static void check_attrs(const struct fsm *f, struct chk *c, const struct inode *in)
+{
+    if (in->ino < FSM_ROOT_INO || in->ino >= f->next_ino)
+        finding(c, in->ino, "inode number is not below next_ino %llu",
+                (unsigned long long)f->next_ino);
+    for (uint32_t i = 1; i < in->n_xattrs; i++)
+        if (xattr_cmp(in->xattrs[i - 1].name, in->xattrs[i - 1].name_len, in->xattrs[i].name,
+                      in->xattrs[i].name_len) >= 0)
+            finding(c, in->ino, "xattr '%s' out of order", in->xattrs[i].name);
+    size_t pos = orphans_pos(f, in->ino);
+    bool listed = pos < f->n_orphans && f->orphans[pos] == in->ino;
+    if (in->orphan) {
+        if (!listed)
+            finding(c, in->ino, "marked orphan but not in the orphan list");
+        if (in->nlink != 0)
+            finding(c, in->ino, "orphan with nlink %u", in->nlink);
+        if (in->release_mask == 0 || (in->release_mask & ~all_nodes_mask(f)))
+            finding(c, in->ino, "orphan with release mask 0x%x", in->release_mask);
+    } else {
+        if (listed)
+            finding(c, in->ino, "in the orphan list but not marked orphan");
+        if (in->nlink == 0)
+            finding(c, in->ino, "nlink 0 but not an orphan");
+    }
+}
+
+static void check_dir(const struct fsm *f, struct chk *c, struct inode *const *all, uint64_t i,
+                      struct chk_counts *k)
+{
+    const struct inode *in = all[i];
+    const struct dir *d = &in->u.dir;
+    uint64_t n = f->n_inodes, live = 0, prev = COOKIE_DOTDOT;
+    for (uint32_t s = 0; s < d->order_len; s++) {
+        const struct dent *e = d->order[s].d;
+        if (d->order[s].cookie <= prev)
+            finding(c, in->ino, "entry cookies out of order at %llu",
+                    (unsigned long long)d->order[s].cookie);
+        prev = d->order[s].cookie;
+        if (!e)
+            continue;
+        live++;
+        if (e->cookie != d->order[s].cookie || e->cookie >= d->next_cookie)
+            finding(c, in->ino, "entry '%s' has cookie %llu (next %llu)", e->name,
+                    (unsigned long long)e->cookie, (unsigned long long)d->next_cookie);
+        if (dir_find(d, e->name, e->name_len) != e)
+            finding(c, in->ino, "entry '%s' is not found by its name", e->name);
+        uint64_t t = inodes_find(k->inos, n, e->ino);
+        if (t == n) {
+            finding(c, in->ino, "entry '%s' names missing inode %llu", e->name,
+                    (unsigned long long)e->ino);
+            continue;
+        }
+        k->names[t]++;
+        if (all[t]->orphan)
+            finding(c, in->ino, "entry '%s' names orphan %llu", e->name,
+                    (unsigned long long)e->ino);
+        if (S_ISDIR(all[t]->mode)) {
+            k->subdirs[i]++;
+            if (all[t]->parent != in->ino)
+                finding(c, e->ino, "directory named in %llu has parent %llu",
+                        (unsigned long long)in->ino, (unsigned long long)all[t]->parent);
+        }
+    }
+    if (live != d->n)
+        finding(c, in->ino, "directory size %u but %llu entries", d->n, (unsigned long long)live);
+}
+
+static void check_file(const struct fsm *f, struct chk *c, const struct inode *in,
+                       uint64_t *bytes)
+{
+    uint64_t sum = 0;
+    for (uint32_t s = 0; s < in->u.file.n; s++) {
+        const struct bent *e = &in->u.file.map[s];
+        if (s > 0 && e->index <= in->u.file.map[s - 1].index)
+            finding(c, in->ino, "block map out of order at index %llu",
+                    (unsigned long long)e->index);
+        if (e->len == 0 || e->len > f->bs)
+            finding(c, in->ino, "block %llu has length %u", (unsigned long long)e->index, e->len);
+        else if (e->index >= FSM_FILE_SIZE_MAX / f->bs || e->index * f->bs + e->len > in->size)
+            finding(c, in->ino, "block %llu ends past the size %llu",
+                    (unsigned long long)e->index, (unsigned long long)in->size);
+        if (store_name_is_none(&e->name))
+            finding(c, in->ino, "block %llu has no name", (unsigned long long)e->index);
+        sum += e->len;
+    }
+    if (sum != in->u.file.bytes)
+        finding(c, in->ino, "stored bytes %llu but the blocks hold %llu",
+                (unsigned long long)in->u.file.bytes, (unsigned long long)sum);
+    *bytes += sum;
+}
+
+static void check_links(struct chk *c, struct inode *const *all, uint64_t i,
+                        const struct chk_counts *k)
+{
+    const struct inode *in = all[i];
+    uint64_t want = k->names[i];
+    if (S_ISDIR(in->mode)) {
+        uint64_t names_want = in->ino == FSM_ROOT_INO || in->orphan ? 0 : 1;
+        if (k->names[i] != names_want)
+            finding(c, in->ino, "directory has %llu names", (unsigned long long)k->names[i]);
+        want = in->orphan ? 0 : 2 + k->subdirs[i];
+    }
+    if (in->nlink != want)
+        finding(c, in->ino, "nlink %u, expected %llu", in->nlink, (unsigned long long)want);
+}
+
+/* Walks the parent chain of live directory all[i] up to the root, marking
+ * every directory on the way (k->state), in linear total time. */
+static void check_parents(struct chk *c, struct inode *const *all, uint64_t n, uint64_t i,
+                          struct chk_counts *k, uint64_t *path)
+{
+    uint64_t len = 0, cur = i;
+    const char *why = NULL;
+    uint64_t why_ino = 0;
+    for (uint64_t steps = 0; steps <= n; steps++) {
+        if (k->state[cur] == 2)
+            break;
+        if (k->state[cur] == 3) {
+            why = "joins a broken one at";
+            why_ino = all[cur]->ino;
+            break;
+        }
+        if (k->state[cur] == 1) {
+            why = "has a cycle through";
+            why_ino = all[cur]->ino;
+            break;
+        }
+        if (all[cur]->ino == FSM_ROOT_INO) {
+            k->state[cur] = 2;
+            break;
+        }
+        k->state[cur] = 1;
+        path[len++] = cur;
+        uint64_t p = inodes_find(k->inos, n, all[cur]->parent);
+        if (p == n || !S_ISDIR(all[p]->mode) || all[p]->orphan) {
+            why = "reaches a missing, non-directory or orphan parent";
+            why_ino = all[cur]->parent;
+            break;
+        }
+        cur = p;
+    }
+    for (uint64_t j = 0; j < len; j++) {
+        k->state[path[j]] = why ? 3 : 2;
+        if (why)
+            finding(c, all[path[j]]->ino, "parent chain %s %llu", why, (unsigned long long)why_ino);
+    }
+}
+
+/* Marks everything reachable from the root through entries. */
+static void check_reach(const struct fsm *f, struct inode *const *all, struct chk_counts *k,
+                        uint64_t *queue)
+{
+    uint64_t n = f->n_inodes;
+    uint64_t r = inodes_find(k->inos, n, FSM_ROOT_INO);
+    if (r == n)
+        return;
+    uint64_t head = 0, tail = 0;
+    k->reached[r] = true;
+    queue[tail++] = r;
+    while (head < tail) {
+        const struct dir *d = &all[queue[head++]]->u.dir;
+        for (uint32_t s = 0; s < d->order_len; s++) {
+            const struct dent *e = d->order[s].d;
+            if (!e)
+                continue;
+            uint64_t t = inodes_find(k->inos, n, e->ino);
+            if (t == n || k->reached[t])
+                continue;
+            k->reached[t] = true;
+            if (S_ISDIR(all[t]->mode))
+                queue[tail++] = t; /* each inode once: tail <= n */
+        }
+    }
+}
+
+struct chk_block {
+    struct store_name name;
+    uint64_t ino;
+};
+
+static int chk_block_cmp(const void *a, const void *b)
+{
+    const struct chk_block *x = a, *y = b;
+    int c = memcmp(x->name.b, y->name.b, STORE_NAME_LEN);
+    if (c != 0)
+        return c;
+    return x->ino < y->ino ? -1 : x->ino > y->ino;
+}
+
+/* Each block's store_refcount against the number of mappings of it. */
+static void check_refs(const struct fsm *f, struct chk *c, struct inode *const *all)
+{
+    size_t count = 0;
+    for (uint64_t i = 0; i < f->n_inodes; i++)
+        if (S_ISREG(all[i]->mode))
+            count += all[i]->u.file.n;
+    struct chk_block *v = xmalloc(count * sizeof *v);
+    size_t w = 0;
+    for (uint64_t i = 0; i < f->n_inodes; i++)
+        if (S_ISREG(all[i]->mode))
+            for (uint32_t s = 0; s < all[i]->u.file.n; s++)
+                v[w++] = (struct chk_block){.name = all[i]->u.file.map[s].name, .ino = all[i]->ino};
+    qsort(v, count, sizeof *v, chk_block_cmp);
+    for (size_t a = 0, b; a < count; a = b) {
+        for (b = a + 1; b < count && store_name_eq(&v[a].name, &v[b].name); b++)
+            ;
+        uint64_t refs = store_refcount(f->store, &v[a].name);
+        if (refs < b - a) {
+            char hex[STORE_NAME_HEX_LEN + 1];
+            store_name_hex(&v[a].name, hex);
+            finding(c, v[a].ino, "block %.16s has %llu references for %zu mappings", hex,
+                    (unsigned long long)refs, b - a);
+        }
+    }
+    free(v);
+}
+
+size_t fsm_check(struct fsm *f, fsm_finding_fn fn, void *ctx)
+{
+    struct chk c = {.fn = fn, .ctx = ctx};
+    pthread_rwlock_rdlock(&f->lock);
+    uint64_t n = f->n_inodes;
+    struct chk_counts k;
+    struct inode **all = inodes_sorted(f, &k.inos);
+    k = (struct chk_counts){
+        .inos = k.inos,
+        .names = xcalloc(n, sizeof *k.names),
+        .subdirs = xcalloc(n, sizeof *k.subdirs),
+        .state = xcalloc(n, sizeof *k.state),
+        .reached = xcalloc(n, sizeof *k.reached),
+    };
+    uint64_t *scratch = xmalloc(n * sizeof *scratch);
+    uint64_t r = inodes_find(k.inos, n, FSM_ROOT_INO);
+    if (r == n || !S_ISDIR(all[r]->mode))
+        finding(&c, FSM_ROOT_INO, "the root is missing or not a directory");
+    else if (all[r]->parent != FSM_ROOT_INO || all[r]->orphan)
+        finding(&c, FSM_ROOT_INO, "the root is not its own parent or is an orphan");
+    uint64_t bytes = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        check_attrs(f, &c, all[i]);
+        if (S_ISDIR(all[i]->mode))
+            check_dir(f, &c, all, i, &k);
+        else if (S_ISREG(all[i]->mode))
+            check_file(f, &c, all[i], &bytes);
+        else if (S_ISLNK(all[i]->mode) &&
+                 (!all[i]->u.link.target || strlen(all[i]->u.link.target) != all[i]->size))
+            finding(&c, all[i]->ino, "symlink target length is not its size");
+    }
+    if (bytes != f->bytes_stored)
+        finding(&c, 0, "bytes_stored %llu but the block maps hold %llu",
+                (unsigned long long)f->bytes_stored, (unsigned long long)bytes);
+    for (size_t i = 0; i < f->n_orphans; i++) {
+        if (i > 0 && f->orphans[i] <= f->orphans[i - 1])
+            finding(&c, f->orphans[i], "orphan list out of order");
+        uint64_t t = inodes_find(k.inos, n, f->orphans[i]);
+        if (t == n)
+            finding(&c, f->orphans[i], "the orphan list names a missing inode");
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        check_links(&c, all, i, &k);
+        if (S_ISDIR(all[i]->mode) && !all[i]->orphan)
+            check_parents(&c, all, n, i, &k, scratch);
+    }
+    check_reach(f, all, &k, scratch);
+    for (uint64_t i = 0; i < n; i++)
+        if (!k.reached[i] && !all[i]->orphan)
+            finding(&c, all[i]->ino, "not reachable from the root and not an orphan");
+    check_refs(f, &c, all);
+    pthread_rwlock_unlock(&f->lock);
+    free(all);
+    free(k.inos);
+    free(k.names);
+    free(k.subdirs);
+    free(k.state);
+    free(k.reached);
+    free(scratch);
+    return c.n;
 }

@@ -47,6 +47,7 @@
 #include "base/buf.h"
 
 struct store;
+struct store_name;
 
 #define FSM_ROOT_INO 1
 #define FSM_NAME_MAX 255
@@ -221,7 +222,112 @@ void fsm_statfs(struct fsm *f, struct fsm_statfs *out);
  * the count (which may exceed cap). */
 size_t fsm_orphans_held(struct fsm *f, uint32_t node, uint64_t *out, size_t cap);
 
-/* A digest of the whole state, equal on replicas that applied the same ops. */
+/* A digest of the whole state, equal on replicas that applied the same ops:
+ * the first 8 bytes (little-endian) of a SHA-256 over n_nodes, next_ino,
+ * every inode's number and per-inode digest (fsm_inode_digests) in inode
+ * order, and the orphan list. So two replicas with equal fsm_digest have
+ * (but for a 64-bit collision) equal per-inode digests, and two that differ
+ * differ in next_ino, the orphans or at least one inode's digest. */
 uint64_t fsm_digest(struct fsm *f);
+
+/* ---- snapshots ----
+ *
+ * The image (fsm_image_encode) is the whole state without the block
+ * contents, which it names: a replica that restores it fetches the blocks it
+ * lacks separately (fsm_image_blocks lists them). Layout, all little-endian,
+ * fixed-width, nothing padded:
+ *
+ *   "PXIM" u8 version(1) u32 n_nodes u32 block_size u64 next_ino u64 n_inodes
+ *   n_inodes × inode, in ascending inode order:
+ *     u64 ino u32 mode u32 nlink u32 uid u32 gid i64 atime_ns mtime_ns ctime_ns
+ *     u8 flags (bit 0: orphan) [u16 release_mask, orphans only]
+ *     u16 n_xattrs × (u8 name_len name  u32 value_len value), sorted by name
+ *     directory:  u64 parent u64 next_cookie u32 n × (u64 cookie u64 ino u8 name_len name),
+ *                 ascending cookies
+ *     regular:    u64 size u32 n × (u64 index name[32] u32 len), ascending indexes
+ *     symlink:    u16 target_len target
+ *     char/block: u64 rdev
+ *     fifo/socket: nothing more
+ *   u64 n_orphans × u64 ino (ascending)
+ *   u32 CRC32C of every byte before it
+ *
+ * The format is canonical: an image that restores re-encodes to the same
+ * bytes. */
+
+/* Appends an image of the whole state: a versioned, little-endian encoding of
+ * n_nodes, block size, next_ino, every inode in inode order (attributes,
+ * parent, orphan bit + release mask, xattrs in their sorted order, and per type:
+ * directory entries in cookie order with each entry's cookie and the dir's
+ * next_cookie; the block map (index, name, len); the symlink target), the orphan
+ * list, and a CRC32C (base/crc32c.h) of everything before it as the last 4 bytes.
+ * Block contents are not included: blocks are named. Runs under the read lock
+ * (applies wait, readers do not). Deterministic: two replicas in the same state
+ * produce byte-identical images. 0 or -errno. */
+int fsm_image_encode(struct fsm *f, struct buf *out);
+
+/* Replaces f's whole state with the image's. First decodes into a new state,
+ * checking every length, count, type, name rule (fsm_op_encode's rules), that
+ * entries name existing inodes, that ino numbers are < next_ino, the CRC, and
+ * that n_nodes and the block size equal f's (-EINVAL if they differ). Any
+ * malformed image is -EBADMSG and f is unchanged. Then, under the write lock,
+ * takes one store_ref per mapped block of the new state (blocks need not be
+ * present on disk), swaps the state in, and store_unrefs the old state's
+ * mapped blocks.
+ *
+ * Besides the format, the decoder refuses what apply relies on and never
+ * re-checks (a state that would later trip an assertion): the root is a
+ * directory that is its own parent and no entry names it; every non-orphan
+ * directory is named by exactly one entry, in the directory its parent
+ * names, and is reachable from the root; orphans have nlink 0 and no name,
+ * orphan directories no entries; a non-directory has at least as many links
+ * as names; entry names are unique in their directory; the orphan list is
+ * exactly the inodes marked orphan. Accounting that apply does not rely on
+ * (link counts too high, a block past the size, an unnamed non-orphan) is
+ * accepted, and fsm_check reports it. */
+int fsm_image_restore(struct fsm *f, const uint8_t *p, size_t len);
+
+/* Reads an image's header without building it: n_nodes, block size. Checks
+ * the magic, version, header fields and the CRC; -EBADMSG. */
+int fsm_image_info(const uint8_t *p, size_t len, uint32_t *n_nodes, uint32_t *block_size);
+
+/* Calls fn once per mapped block of the image (per mapping: a block mapped
+ * twice is listed twice), in image order, without building a state; a non-zero
+ * return of fn stops and is returned. -EBADMSG on a malformed image (fn may have
+ * been called for a prefix). Checks the CRC and each inode's format, not the
+ * cross-references between inodes (fsm_image_restore does). */
+typedef int (*fsm_block_fn)(void *ctx, uint64_t ino, uint64_t index,
+                            const struct store_name *name, uint32_t len);
+int fsm_image_blocks(const uint8_t *p, size_t len, fsm_block_fn fn, void *ctx);
+/* The same over the live state (under the read lock; fn must not call into the fsm). */
+int fsm_blocks(struct fsm *f, fsm_block_fn fn, void *ctx);
+
+/* Per-inode digests, in inode order: the first 16 bytes of the SHA-256 of
+ * the inode's record in the image (attributes, parent, orphan state,
+ * xattrs, entries with cookies, block map, target), so equal on replicas
+ * whose images agree on that inode. Computed under the read lock; fn is
+ * called after it is released (it may call into the fsm). fn non-zero
+ * stops and is returned. -ENOMEM/-EIO if OpenSSL fails. */
+#define FSM_INODE_DIGEST_BYTES 16
+typedef int (*fsm_inode_digest_fn)(void *ctx, uint64_t ino, const uint8_t digest[FSM_INODE_DIGEST_BYTES]);
+int fsm_inode_digests(struct fsm *f, fsm_inode_digest_fn fn, void *ctx);
+
+/* Checks the state's invariants (the list at the top of fsm.c): every live
+ * directory reaches the root through ->parent with no cycle; every entry names
+ * a live inode; nlink of each inode equals the number of entries naming it
+ * (+2+subdirs rules for directories as fsm.c keeps them); dir size = entry
+ * count; no inode with nlink 0 that is not in the orphan list and vice versa;
+ * no inode unreachable from the root that is not an orphan; block maps sorted,
+ * within size, lengths within the block size, the bytes_stored/blocks
+ * accounting right; each mapped block's store_refcount >= its number of
+ * mappings. Calls fn (may be NULL) once per finding with the inode (0 for
+ * the whole state's accounting) and a short one-line description; returns
+ * the number of findings (0 = clean).
+ * Read lock; fn must not call into the fsm. */
+typedef void (*fsm_finding_fn)(void *ctx, uint64_t ino, const char *what);
+size_t fsm_check(struct fsm *f, fsm_finding_fn fn, void *ctx);
+
+/* Test hook for fsck's divergence test: changes inode ino's mtime by +1 ns
+ * directly, outside the log, on this replica only. -ENOENT. */
+int fsm_test_diverge(struct fsm *f, uint64_t ino);
 
 #endif
