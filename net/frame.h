@@ -46,9 +46,18 @@ enum net_frame_type {
     NET_FRAME_PX = 2,           /* one consensus message (consensus/px_msg.h) */
     NET_FRAME_STATUS_REQ = 3,   /* operator client -> node: status query (status.h) */
     NET_FRAME_STATUS_REPLY = 4, /* node -> client, on the client's connection */
-    NET_FRAME_BULK = 5,         /* reserved: snapshot block stream */
-    NET_FRAME_TYPE_MAX = NET_FRAME_BULK,
+    NET_FRAME_BULK = 5,         /* peer -> peer: snapshot and block transfer; the
+                                 * payload is fs/'s to define */
+    NET_FRAME_CLIENT_REQ = 6,   /* operator client -> node: an opaque request */
+    NET_FRAME_CLIENT_REPLY = 7, /* node -> client: the answer to one CLIENT_REQ */
+    NET_FRAME_TYPE_MAX = NET_FRAME_CLIENT_REPLY,
 };
+
+/* Bounds on the opaque payloads of CLIENT_REQ and CLIENT_REPLY (net.h,
+ * Clients): a request is small (a command and its arguments), a reply may
+ * carry a report or a digest list. */
+#define NET_CLIENT_REQ_MAX (64u << 10)
+#define NET_CLIENT_REPLY_MAX (8u << 20)
 
 struct net_frame_header {
     uint8_t type;

@@ -16,6 +16,7 @@
 #include "net/net.h"
 
 struct host {
+    struct host_options opts; /* for the callbacks and their ctx (paths not kept) */
     struct cluster_config cluster;
     struct net *net;
     struct replica *replica;
@@ -53,19 +54,42 @@ static int on_status(void *ctx, struct net_status_reply *out)
     struct replica_status st;
     replica_status(h->replica, &st);
     net_status_from_replica(&st, 0, out);
+    if (h->opts.status_extra)
+        h->opts.status_extra(h->opts.ctx, out);
     return 0;
 }
 
-/* DATADIR/CLUSTER names the cluster the directory belongs to. */
-static int check_cluster_file(const char *data_dir, const char *id_hex, char *err, size_t errlen)
+/* Non-consensus frames of peers: BULK goes to the filesystem, the rest
+ * (nothing sends it today) is dropped. */
+static void on_frame(void *ctx, uint32_t from, uint8_t type, const uint8_t *payload, size_t len)
+{
+    struct host *h = ctx;
+    if (type == NET_FRAME_BULK && h->opts.on_peer_frame && !atomic_load(&h->isolated))
+        h->opts.on_peer_frame(h->opts.ctx, from, type, payload, len);
+}
+
+static void on_client_req(void *ctx, uint64_t client, const uint8_t *payload, size_t len)
+{
+    struct host *h = ctx;
+    h->opts.on_client_req(h->opts.ctx, client, payload, len);
+}
+
+/* DATADIR/CLUSTER names the cluster the directory belongs to (line 1, the
+ * id in hex) and the node that owns it (line 2, "node K of N"; `paxfs fsck
+ * --data` reads the cluster size from it). */
+static int check_cluster_file(const char *data_dir, const char *id_hex, uint32_t node,
+                              uint32_t n_nodes, char *err, size_t errlen)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/CLUSTER", data_dir);
     FILE *f = fopen(path, "r");
     if (f) {
         char have[64] = "";
+        unsigned have_node = 0, have_n = 0;
         if (!fgets(have, sizeof have, f))
             have[0] = 0;
+        if (fscanf(f, "node %u of %u", &have_node, &have_n) != 2)
+            have_node = 0; /* written before the line existed */
         fclose(f);
         have[strcspn(have, "\n")] = 0;
         if (strcmp(have, id_hex) != 0) {
@@ -73,6 +97,12 @@ static int check_cluster_file(const char *data_dir, const char *id_hex, char *er
                      "use an empty directory for this cluster", data_dir, have, id_hex);
             return -EINVAL;
         }
+        if (have_node && have_node != node) {
+            snprintf(err, errlen, "data directory %s belongs to node %u, not node %u: use "
+                     "that node's data directory, or an empty one", data_dir, have_node, node);
+            return -EINVAL;
+        }
+        (void)n_nodes;
         return 0;
     }
     if (errno != ENOENT) {
@@ -83,7 +113,8 @@ static int check_cluster_file(const char *data_dir, const char *id_hex, char *er
     snprintf(tmp, sizeof tmp, "%s/CLUSTER.tmp", data_dir);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     int rc = 0;
-    if (fd < 0 || dprintf(fd, "%s\n", id_hex) < 0 || fsync(fd) != 0 || rename(tmp, path) != 0)
+    if (fd < 0 || dprintf(fd, "%s\nnode %u of %u\n", id_hex, node, n_nodes) < 0 ||
+        fsync(fd) != 0 || rename(tmp, path) != 0)
         rc = -errno;
     if (fd >= 0)
         close(fd);
@@ -105,6 +136,8 @@ int host_open(const struct host_options *o, struct host **out, char *err, size_t
     if (!h)
         return -ENOMEM;
     char cerr[256];
+    h->opts = *o;
+    h->opts.config_path = h->opts.data_dir = NULL; /* borrowed for host_open only */
     int rc = config_load(o->config_path, &h->cluster, cerr, sizeof cerr);
     if (rc != 0) {
         snprintf(err, errlen, "%s", cerr);
@@ -123,7 +156,7 @@ int host_open(const struct host_options *o, struct host **out, char *err, size_t
     }
     char id_hex[33];
     config_cluster_id_hex(h->cluster.cluster_id, id_hex);
-    rc = check_cluster_file(o->data_dir, id_hex, err, errlen);
+    rc = check_cluster_file(o->data_dir, id_hex, o->node, h->cluster.n_nodes, err, errlen);
     if (rc != 0)
         goto fail;
 
@@ -139,6 +172,8 @@ int host_open(const struct host_options *o, struct host **out, char *err, size_t
     nc.on_msg = on_msg;
     nc.on_peer = on_peer;
     nc.on_status = on_status;
+    nc.on_frame = on_frame;
+    nc.on_client_req = o->on_client_req ? on_client_req : NULL;
     nc.ctx = h;
     rc = net_new(&nc, &h->net);
     if (rc != 0) {
@@ -153,6 +188,13 @@ int host_open(const struct host_options *o, struct host **out, char *err, size_t
     rcfg.id = o->node;
     rcfg.n_nodes = h->cluster.n_nodes;
     snprintf(rcfg.wal_dir, sizeof rcfg.wal_dir, "%s/wal", o->data_dir);
+    snprintf(rcfg.snap_dir, sizeof rcfg.snap_dir, "%s/snap", o->data_dir);
+    if (o->snapshot_every_slots)
+        rcfg.snapshot_every_slots = o->snapshot_every_slots;
+    if (o->snapshot_every_bytes)
+        rcfg.snapshot_every_bytes = o->snapshot_every_bytes;
+    if (o->log_slack_slots)
+        rcfg.log_slack_slots = o->log_slack_slots;
     rcfg.tick_ms = h->cluster.tick_ms;
     rcfg.ticks_election = h->cluster.election_ticks;
     rcfg.ticks_heartbeat = h->cluster.heartbeat_ticks;
@@ -162,7 +204,8 @@ int host_open(const struct host_options *o, struct host **out, char *err, size_t
     rc = replica_open(&rcfg, &h->replica);
     if (rc != 0) {
         snprintf(err, errlen, rc == -EBADMSG
-                 ? "the write-ahead log in %s/wal is damaged: rebuild this replica from its peers"
+                 ? "the write-ahead log or the snapshots in %s are damaged: empty the data "
+                   "directory to rebuild this replica from its peers"
                  : "cannot open the write-ahead log in %s/wal: %s", o->data_dir, strerror(-rc));
         goto fail;
     }
@@ -194,5 +237,13 @@ void host_close(struct host *h)
 }
 
 struct replica *host_replica(struct host *h) { return h->replica; }
+struct net *host_net(struct host *h) { return h->net; }
+
+int host_send_frame(struct host *h, uint32_t to, uint8_t type, const void *payload, size_t len)
+{
+    if (atomic_load(&h->isolated))
+        return -ENOTCONN;
+    return net_send_frame(h->net, to, type, payload, len);
+}
 const struct cluster_config *host_cluster(const struct host *h) { return &h->cluster; }
 void host_set_isolated(struct host *h, bool isolated) { atomic_store(&h->isolated, isolated); }

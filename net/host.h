@@ -5,6 +5,15 @@
  *
  *   net thread ──on_msg──▶ replica_receive      replica thread ──send──▶ net_send_msg
  *              ──on_peer(down)──▶ replica_peer_down
+ *              ──on_frame(BULK)──▶ o->on_peer_frame  (fs: snapshot and block transfer)
+ *              ──on_client_req──▶ o->on_client_req   (fs: `paxfs fsck` requests)
+ *              ──on_status──▶ replica_status, then o->status_extra (fs: v2 fields)
+ *
+ * The filesystem's callbacks run on the net thread and must be quick; they
+ * may be called as soon as host_open starts the transport, and never after
+ * host_close stopped it. Their answers go out through host_net (net_send_frame
+ * with NET_FRAME_BULK, net_client_reply), which must not be used once
+ * host_close has begun.
  *
  * Data directory layout: DATADIR/wal/ (the WAL), DATADIR/CLUSTER holding the
  * cluster id in hex, written at first start and checked at every start so
@@ -17,6 +26,7 @@
 
 #include "consensus/replica.h"
 #include "net/config.h"
+#include "net/net.h"
 
 struct host;
 
@@ -26,6 +36,21 @@ struct host_options {
     const char *data_dir;    /* created if missing */
     struct replica_sm sm;
     uint32_t op_timeout_ms;  /* 0: the cluster's op_timeout_s */
+    /* Snapshots (replica.h; 0: its defaults), taken into DATADIR/snap when
+     * sm.snapshot is set. */
+    uint64_t snapshot_every_slots;
+    uint64_t snapshot_every_bytes;
+    uint64_t log_slack_slots;
+    /* Optional (NULL: as without them), called with ctx on the net thread: */
+    /* a peer's NET_FRAME_BULK frame (payload borrowed for the call) */
+    void (*on_peer_frame)(void *ctx, uint32_t from, uint8_t type, const uint8_t *payload,
+                          size_t len);
+    /* an operator client's CLIENT_REQ; answer with net_client_reply(host_net(h), client, ..) */
+    void (*on_client_req)(void *ctx, uint64_t client, const uint8_t *payload, size_t len);
+    /* fills the status reply's version 2 fields (snapshot and transfer) after
+     * the replica's fields are in */
+    void (*status_extra)(void *ctx, struct net_status_reply *out);
+    void *ctx;
 };
 
 /* Loads the config, checks the data directory, opens the replica and the
@@ -36,10 +61,17 @@ int host_open(const struct host_options *o, struct host **out, char *err, size_t
 void host_close(struct host *h);
 
 struct replica *host_replica(struct host *h);
+/* The transport, for net_send_frame(.., NET_FRAME_BULK, ..) and
+ * net_client_reply. */
+struct net *host_net(struct host *h);
+/* net_send_frame, except that while the host is isolated the frame is
+ * dropped (-ENOTCONN), as consensus messages are. */
+int host_send_frame(struct host *h, uint32_t to, uint8_t type, const void *payload, size_t len);
 const struct cluster_config *host_cluster(const struct host *h);
 
 /* Test hook: while isolated, every message to or from this node is dropped,
- * as if its network were cut (a partition the test controls). */
+ * as if its network were cut (a partition the test controls): consensus
+ * messages, and BULK frames received or sent with host_send_frame. */
 void host_set_isolated(struct host *h, bool isolated);
 
 #endif

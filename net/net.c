@@ -13,10 +13,14 @@
  *                        └───────────────┴────────────┴──▶ C_CLOSED
  *
  * Every state before C_OPEN has a deadline (handshake_timeout_ms); an open
- * operator client connection has one too (NET_CLIENT_IDLE_MS after its last
- * request). A client connection is inbound, never a peer's `in`, and its
- * replies are staged in its wbuf (bounded by client_pending_max) and
- * flushed at once. Work per
+ * operator client connection has one too (client_idle_ms after its last
+ * activity, rechecked lazily when it passes). A client connection is
+ * inbound, never a peer's `in`. It owns one client slot (struct
+ * client_slot, in the net, guarded by clients_mu) while it is open: the
+ * slot's queue carries every reply to it, status replies queued by the loop
+ * and CLIENT_REPLYs queued by net_client_reply from any thread, so they go
+ * out in the order they were made. A slot's handle (id) is never reused, so
+ * a reply can only ever reach the connection that asked. Work per
  * connection per round is bounded (ROUND_BYTES, ROUND_FRAMES); a connection
  * that still has work sets `more` and the loop comes back to it without
  * sleeping, so one busy peer cannot starve the others. */
@@ -73,6 +77,25 @@ struct out_frame {
     uint8_t inline_data[];
 };
 
+/* Frames waiting to be written to one connection. */
+struct out_queue {
+    struct out_frame *head, *tail;
+    size_t bytes;
+    uint32_t frames;
+};
+
+/* An open operator client's replies and request count; every field is
+ * guarded by net.clients_mu. */
+struct client_slot {
+    uint64_t id;            /* the client's handle; 0: the slot is free */
+    struct conn *conn;      /* set and cleared by the loop */
+    struct out_queue q;     /* replies not yet taken by the loop */
+    size_t inflight;        /* bytes of a reply the loop writes from its own buffer */
+    uint32_t outstanding;   /* CLIENT_REQs not answered yet */
+    uint32_t status_queued; /* STATUS_REPLY frames in q */
+    bool kick;              /* the loop has been woken for q */
+};
+
 enum conn_state { C_CONNECTING, C_HANDSHAKE, C_HELLO_WAIT, C_OPEN, C_CLOSED };
 
 struct conn {
@@ -91,8 +114,10 @@ struct conn {
     enum conn_state state;
     uint32_t peer;        /* dialer: the node dialed; acceptor: from the certificate */
     uint32_t events;      /* registered epoll interest */
-    uint64_t deadline_ns; /* 0 once OPEN */
+    uint64_t deadline_ns; /* 0 once OPEN (but a client's idle deadline) */
     uint64_t opened_ns;
+    uint64_t active_ns;   /* a client's last request, reply or write progress */
+    struct client_slot *slot; /* an open client's */
     char remote[ADDR_TEXT_BYTES];
     struct net_frame_rx rx;
     uint8_t *wbuf;        /* WBUF_BYTES staging */
@@ -105,9 +130,7 @@ struct peer {
     uint32_t id;
     /* guarded by mu */
     pthread_mutex_t mu;
-    struct out_frame *q_head, *q_tail;
-    size_t q_bytes;
-    uint32_t q_frames;
+    struct out_queue q;
     bool up;
     bool kick; /* the loop has been woken for this queue */
     /* loop */
@@ -141,10 +164,14 @@ struct net {
     bool listen_paused;
     uint64_t listen_resume_ns;
     struct prng prng;
+    pthread_mutex_t clients_mu;
+    struct client_slot clients[NET_CLIENTS_MAX];
+    uint64_t next_client_id; /* guarded by clients_mu; handles start at 1 */
     struct {
         atomic_uint_fast64_t frames_sent, bytes_sent, frames_received, bytes_received;
         atomic_uint_fast64_t connects, accepts, disconnects, refused, protocol_errors, dropped;
-        atomic_uint_fast64_t clients, status_replies;
+        atomic_uint_fast64_t clients, status_replies, client_requests, client_replies;
+        atomic_uint_fast64_t clients_closed;
     } st;
 };
 
@@ -164,6 +191,7 @@ void net_config_defaults(struct net_config *c)
     c->backoff_max_ms = 2000;
     c->handshake_timeout_ms = 5000;
     c->inbound_max = 64;
+    c->client_idle_ms = NET_CLIENT_IDLE_MS;
 }
 
 int net_config_from_cluster(struct net_config *c, const struct cluster_config *cc,
@@ -254,20 +282,48 @@ static void out_frame_free(struct out_frame *f)
     free(f);
 }
 
-/* Drops a peer's queue; the caller holds p->mu. Returns the frames dropped. */
-static uint32_t queue_drop_locked(struct peer *p)
+/* Drops a queue; the caller holds its mutex. Returns the frames dropped. */
+static uint32_t queue_drop_locked(struct out_queue *q)
 {
-    uint32_t dropped = p->q_frames;
-    struct out_frame *f = p->q_head;
+    uint32_t dropped = q->frames;
+    struct out_frame *f = q->head;
     for (uint32_t i = 0; f && i <= dropped; i++) {
         struct out_frame *next = f->next;
         out_frame_free(f);
         f = next;
     }
-    p->q_head = p->q_tail = NULL;
-    p->q_bytes = 0;
-    p->q_frames = 0;
+    q->head = q->tail = NULL;
+    q->bytes = 0;
+    q->frames = 0;
     return dropped;
+}
+
+/* Appends f; the caller holds the queue's mutex. */
+static void queue_append_locked(struct out_queue *q, struct out_frame *f)
+{
+    f->next = NULL;
+    if (q->tail)
+        q->tail->next = f;
+    else
+        q->head = f;
+    q->tail = f;
+    q->bytes += f->len;
+    q->frames++;
+}
+
+/* A frame of `type` holding a copy of payload, header encoded. */
+static struct out_frame *out_frame_new(uint8_t type, const void *payload, size_t len)
+{
+    struct out_frame *f = malloc(sizeof *f + NET_FRAME_HEADER_BYTES + len);
+    ASSERT(f != NULL);
+    f->next = NULL;
+    f->data = f->inline_data;
+    f->len = NET_FRAME_HEADER_BYTES + len;
+    f->own = NULL;
+    net_frame_header_encode(f->data, type, (uint32_t)len);
+    if (len)
+        memcpy(f->data + NET_FRAME_HEADER_BYTES, payload, len);
+    return f;
 }
 
 /* ---- connection lifecycle ------------------------------------------------- */
@@ -341,6 +397,25 @@ static void inbound_remove(struct net *n, struct conn *c)
         }
 }
 
+/* Frees c's client slot: its queued replies are dropped and its handle is
+ * gone for good, so a late net_client_reply finds nothing (-ENOTCONN). */
+static void client_slot_release(struct conn *c)
+{
+    struct net *n = c->net;
+    struct client_slot *s = c->slot;
+    pthread_mutex_lock(&n->clients_mu);
+    queue_drop_locked(&s->q);
+    s->id = 0;
+    s->conn = NULL;
+    s->inflight = 0;
+    s->outstanding = 0;
+    s->status_queued = 0;
+    s->kick = false;
+    pthread_mutex_unlock(&n->clients_mu);
+    c->slot = NULL;
+    STAT_ADD(n, clients_closed, 1);
+}
+
 static void schedule_dial(struct net *n, struct peer *p)
 {
     uint64_t ms = p->backoff_ms;
@@ -365,7 +440,7 @@ static void conn_close(struct conn *c, bool quiet)
         if (was_open) {
             pthread_mutex_lock(&p->mu);
             p->up = false;
-            uint32_t dropped = queue_drop_locked(p);
+            uint32_t dropped = queue_drop_locked(&p->q);
             pthread_mutex_unlock(&p->mu);
             STAT_ADD(n, dropped, dropped + (c->cur ? 1 : 0));
             STAT_ADD(n, disconnects, 1);
@@ -385,6 +460,8 @@ static void conn_close(struct conn *c, bool quiet)
             p->in = NULL;
         if (was_open && !c->client)
             STAT_ADD(n, disconnects, 1);
+        if (c->slot)
+            client_slot_release(c);
     }
     if (c->ssl && !c->ssl_failed && SSL_is_init_finished(c->ssl)) {
         ERR_clear_error();
@@ -501,32 +578,40 @@ static void put_hello(struct conn *c)
 
 /* Moves queued frames to the connection: small ones are copied into the
  * staging buffer (up to a full record), a large one becomes `cur` and is
- * written from its own buffer. Returns false if there was nothing to take. */
+ * written from its own buffer. The queue is the peer's for an outbound
+ * connection, the client slot's for a client. Returns false if there was
+ * nothing to take. */
 static bool take_from_queue(struct conn *c)
 {
     struct net *n = c->net;
-    struct peer *p = &n->peers[c->peer];
+    struct client_slot *slot = c->client ? c->slot : NULL;
+    pthread_mutex_t *mu = slot ? &n->clients_mu : &n->peers[c->peer].mu;
     struct out_frame *done = NULL;
     uint64_t frames = 0, bytes = 0;
-    pthread_mutex_lock(&p->mu);
-    for (uint32_t i = 0; p->q_head && i < ROUND_FRAMES; i++) {
-        struct out_frame *f = p->q_head;
+    pthread_mutex_lock(mu);
+    struct out_queue *q = slot ? &slot->q : &n->peers[c->peer].q;
+    for (uint32_t i = 0; q->head && i < ROUND_FRAMES; i++) {
+        struct out_frame *f = q->head;
         bool small = f->len < WBUF_BYTES;
         if (small && f->len > WBUF_BYTES - c->wlen)
             break;
         if (!small && (c->wlen > 0 || c->cur))
             break;
-        p->q_head = f->next;
-        if (!p->q_head)
-            p->q_tail = NULL;
-        p->q_bytes -= f->len;
-        p->q_frames--;
+        q->head = f->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->bytes -= f->len;
+        q->frames--;
         frames++;
         bytes += f->len - NET_FRAME_HEADER_BYTES;
+        if (slot && f->data[5] == NET_FRAME_STATUS_REPLY) /* header byte 5: the type */
+            slot->status_queued--;
         if (!small) {
             f->next = NULL;
             c->cur = f;
             c->cur_off = 0;
+            if (slot)
+                slot->inflight = f->len;
             break;
         }
         memcpy(c->wbuf + c->wlen, f->data, f->len);
@@ -534,15 +619,26 @@ static bool take_from_queue(struct conn *c)
         f->next = done;
         done = f;
     }
-    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(mu);
     for (uint64_t i = 0; done && i < frames; i++) {
         struct out_frame *next = done->next;
         out_frame_free(done);
         done = next;
     }
-    STAT_ADD(n, frames_sent, frames);
-    STAT_ADD(n, bytes_sent, bytes);
+    if (!slot) { /* replies to clients are counted when they are made */
+        STAT_ADD(n, frames_sent, frames);
+        STAT_ADD(n, bytes_sent, bytes);
+    }
     return frames > 0;
+}
+
+/* A client's reply written from its own buffer is done: it no longer
+ * counts against the client's pending bytes. */
+static void client_inflight_done(struct conn *c)
+{
+    pthread_mutex_lock(&c->net->clients_mu);
+    c->slot->inflight = 0;
+    pthread_mutex_unlock(&c->net->clients_mu);
 }
 
 /* One SSL_write; >0 bytes written, 0 blocked (flags set), -1 closed. */
@@ -589,7 +685,7 @@ static int conn_flush(struct conn *c)
         } else if (c->cur) {
             p = c->cur->data + c->cur_off;
             len = c->cur->len - c->cur_off;
-        } else if (!(c->outbound && c->state == C_OPEN && take_from_queue(c))) {
+        } else if (!((c->outbound || c->slot) && c->state == C_OPEN && take_from_queue(c))) {
             return 0;
         } else {
             continue;
@@ -598,6 +694,8 @@ static int conn_flush(struct conn *c)
         if (w <= 0)
             return w;
         budget -= (size_t)w;
+        if (c->client)
+            c->active_ns = clock_now_ns(); /* a client reading slowly is not idle */
         if (c->woff < c->wlen) {
             c->woff += (size_t)w;
             if (c->woff == c->wlen)
@@ -607,6 +705,8 @@ static int conn_flush(struct conn *c)
             if (c->cur_off == c->cur->len) {
                 out_frame_free(c->cur);
                 c->cur = NULL;
+                if (c->slot)
+                    client_inflight_done(c);
             }
         }
     }
@@ -655,12 +755,22 @@ static void conn_open_outbound(struct conn *c)
         n->cfg.on_peer(n->cfg.ctx, c->peer, true);
 }
 
-/* Open client connections beyond NET_CLIENTS_MAX - 1 close, oldest first,
- * to make room for one more. */
+/* True if a CLIENT_REQ of open client c is waiting for its answer. */
+static bool client_waiting(struct conn *c)
+{
+    pthread_mutex_lock(&c->net->clients_mu);
+    bool waiting = c->slot->outstanding > 0;
+    pthread_mutex_unlock(&c->net->clients_mu);
+    return waiting;
+}
+
+/* Open client connections beyond NET_CLIENTS_MAX - 1 close to make room for
+ * one more: the oldest that waits for no answer first (a status query is
+ * cheap to repeat, a long request is not), else the oldest. */
 static void clients_make_room(struct net *n)
 {
     for (int round = 0; round < NET_CLIENTS_MAX + 1; round++) {
-        struct conn *oldest = NULL;
+        struct conn *oldest = NULL, *oldest_idle = NULL;
         uint32_t open = 0;
         for (uint32_t i = 0; i < n->n_inbound; i++) {
             struct conn *o = n->inbound[i];
@@ -669,13 +779,34 @@ static void clients_make_room(struct net *n)
             open++;
             if (!oldest || o->opened_ns < oldest->opened_ns)
                 oldest = o;
+            if (!client_waiting(o) && (!oldest_idle || o->opened_ns < oldest_idle->opened_ns))
+                oldest_idle = o;
         }
         if (open < NET_CLIENTS_MAX || !oldest)
             return;
+        struct conn *victim = oldest_idle ? oldest_idle : oldest;
         LOG_D("net client evicted node=%u addr=%s reason=\"%u clients open\"", n->cfg.id,
-              oldest->remote, open);
-        conn_close(oldest, false);
+              victim->remote, open);
+        conn_close(victim, false);
     }
+}
+
+/* A free client slot for c, with a new handle. clients_make_room has left
+ * at most NET_CLIENTS_MAX - 1 clients open, and an open client holds
+ * exactly one slot, so there is one. */
+static void client_slot_take(struct conn *c)
+{
+    struct net *n = c->net;
+    pthread_mutex_lock(&n->clients_mu);
+    struct client_slot *s = NULL;
+    for (uint32_t i = 0; !s && i < NET_CLIENTS_MAX; i++)
+        if (n->clients[i].id == 0)
+            s = &n->clients[i];
+    ASSERT(s != NULL);
+    s->id = ++n->next_client_id;
+    s->conn = c;
+    pthread_mutex_unlock(&n->clients_mu);
+    c->slot = s;
 }
 
 static int conn_open_client(struct conn *c)
@@ -683,39 +814,38 @@ static int conn_open_client(struct conn *c)
     struct net *n = c->net;
     clients_make_room(n);
     c->state = C_OPEN;
-    c->opened_ns = clock_now_ns();
-    c->deadline_ns = c->opened_ns + ms_to_ns(NET_CLIENT_IDLE_MS);
-    net_frame_rx_set_payload_max(&c->rx, NET_STATUS_REQ_BYTES);
+    c->opened_ns = c->active_ns = clock_now_ns();
+    c->deadline_ns = c->opened_ns + ms_to_ns(n->cfg.client_idle_ms);
+    client_slot_take(c);
+    net_frame_rx_set_payload_max(&c->rx, n->cfg.on_client_req
+                                              ? MAX(NET_CLIENT_REQ_MAX, NET_STATUS_REQ_BYTES)
+                                              : NET_STATUS_REQ_BYTES);
     STAT_ADD(n, clients, 1);
     LOG_D("net client accepted node=%u addr=%s", n->cfg.id, c->remote);
     put_hello(c);
     return conn_flush(c);
 }
 
-/* Bytes a client may leave unread: our HELLO and NET_CLIENT_REPLIES_MAX
- * replies. A client that pipelines more requests without reading is cut
- * off, so it cannot make this node buffer for it. */
-static size_t client_pending_max(void)
-{
-    return NET_FRAME_HEADER_BYTES + NET_HELLO_BYTES +
-           NET_CLIENT_REPLIES_MAX * (NET_FRAME_HEADER_BYTES + NET_STATUS_REPLY_BYTES);
-}
-
-/* A client may send STATUS_REQ and nothing else; each is answered at once,
- * on this connection, with what on_status reports. */
-static int on_client_frame(struct conn *c, const struct net_frame *f)
+/* STATUS_REQ: answered at once with what on_status reports, in the newest
+ * reply version the client understands (status.h), through the client's
+ * queue so that it keeps its place among the CLIENT_REPLYs. A client that
+ * pipelines requests without reading is cut off once
+ * NET_CLIENT_REPLIES_MAX status replies wait in its queue, so it cannot
+ * make this node buffer for it. */
+static int on_status_req(struct conn *c, const struct net_frame *f)
 {
     struct net *n = c->net;
     uint32_t version;
-    if (f->type != NET_FRAME_STATUS_REQ || net_status_req_decode(f->payload, f->len, &version)) {
-        conn_protocol_error(c, "client sent frame type %u of %zu bytes; only STATUS_REQ is "
-                            "allowed", f->type, f->len);
+    if (!n->cfg.on_status || net_status_req_decode(f->payload, f->len, &version) != 0) {
+        conn_protocol_error(c, "client sent %s STATUS_REQ of %zu bytes",
+                            n->cfg.on_status ? "a malformed" : "an unserved", f->len);
         return -1;
     }
-    const size_t frame = NET_FRAME_HEADER_BYTES + NET_STATUS_REPLY_BYTES;
-    if (c->wlen - c->woff + frame > client_pending_max()) {
-        conn_protocol_error(c, "client does not read its replies (%u unread)",
-                            NET_CLIENT_REPLIES_MAX);
+    pthread_mutex_lock(&n->clients_mu);
+    uint32_t queued = c->slot->status_queued;
+    pthread_mutex_unlock(&n->clients_mu);
+    if (queued >= NET_CLIENT_REPLIES_MAX) {
+        conn_protocol_error(c, "client does not read its replies (%u unread)", queued);
         return -1;
     }
     struct net_status_reply r;
@@ -728,19 +858,53 @@ static int on_client_frame(struct conn *c, const struct net_frame *f)
         return -1;
     }
     r.node = n->cfg.id;
-    /* version: ours is 1 and a request names at least 1, so always 1 */
-    (void)version;
-    if (c->wlen + frame > WBUF_BYTES) { /* same unsent bytes, moved (TLS allows it) */
-        memmove(c->wbuf, c->wbuf + c->woff, c->wlen - c->woff);
-        c->wlen -= c->woff;
-        c->woff = 0;
-    }
-    net_frame_header_encode(c->wbuf + c->wlen, NET_FRAME_STATUS_REPLY, NET_STATUS_REPLY_BYTES);
-    net_status_reply_encode(&r, c->wbuf + c->wlen + NET_FRAME_HEADER_BYTES);
-    c->wlen += frame;
-    c->deadline_ns = clock_now_ns() + ms_to_ns(NET_CLIENT_IDLE_MS);
+    uint8_t payload[NET_STATUS_REPLY_BYTES];
+    size_t len = net_status_reply_encode(&r, MIN(version, NET_STATUS_VERSION), payload);
+    struct out_frame *frame = out_frame_new(NET_FRAME_STATUS_REPLY, payload, len);
+    pthread_mutex_lock(&n->clients_mu);
+    queue_append_locked(&c->slot->q, frame);
+    c->slot->status_queued++;
+    pthread_mutex_unlock(&n->clients_mu);
+    c->active_ns = clock_now_ns();
     STAT_ADD(n, status_replies, 1);
     return conn_flush(c);
+}
+
+/* CLIENT_REQ: counted as outstanding, then handed to on_client_req; the
+ * answer comes later through net_client_reply. */
+static int on_client_req(struct conn *c, const struct net_frame *f)
+{
+    struct net *n = c->net;
+    if (!n->cfg.on_client_req) {
+        conn_protocol_error(c, "client sent a CLIENT_REQ, which this node does not serve");
+        return -1;
+    }
+    pthread_mutex_lock(&n->clients_mu);
+    uint32_t outstanding = c->slot->outstanding;
+    if (outstanding < NET_CLIENT_REQS_MAX)
+        c->slot->outstanding++;
+    uint64_t id = c->slot->id;
+    pthread_mutex_unlock(&n->clients_mu);
+    if (outstanding >= NET_CLIENT_REQS_MAX) {
+        conn_protocol_error(c, "client sent a request while %u are outstanding", outstanding);
+        return -1;
+    }
+    c->active_ns = clock_now_ns();
+    STAT_ADD(n, client_requests, 1);
+    n->cfg.on_client_req(n->cfg.ctx, id, f->payload, f->len);
+    return 0;
+}
+
+/* A client may send STATUS_REQ and CLIENT_REQ and nothing else. */
+static int on_client_frame(struct conn *c, const struct net_frame *f)
+{
+    if (f->type == NET_FRAME_STATUS_REQ)
+        return on_status_req(c, f);
+    if (f->type == NET_FRAME_CLIENT_REQ)
+        return on_client_req(c, f);
+    conn_protocol_error(c, "client sent frame type %u of %zu bytes; only STATUS_REQ and "
+                        "CLIENT_REQ are allowed", f->type, f->len);
+    return -1;
 }
 
 static int on_hello(struct conn *c, const struct net_frame *f)
@@ -797,9 +961,9 @@ static int on_frame(struct conn *c, const struct net_frame *f)
     ASSERT(c->state == C_OPEN);
     if (c->client)
         return on_client_frame(c, f);
-    if (c->outbound || f->type == NET_FRAME_HELLO) {
+    if (c->outbound || f->type == NET_FRAME_HELLO || f->type > NET_FRAME_BULK) {
         conn_protocol_error(c, "unexpected frame type %u on %s connection", f->type,
-                            c->outbound ? "an outbound" : "an open");
+                            c->outbound ? "an outbound" : "a peer's");
         return -1;
     }
     return deliver(c, f);
@@ -900,8 +1064,8 @@ static void handshake_done(struct conn *c)
             conn_refuse(c, "certificate names node %u of another cluster", node);
         return;
     }
-    if (client && !n->cfg.on_status) {
-        conn_refuse(c, "client certificate, but this node serves no status");
+    if (client && !n->cfg.on_status && !n->cfg.on_client_req) {
+        conn_refuse(c, "client certificate, but this node serves no status or requests");
         return;
     }
     if (c->outbound && node != c->peer) {
@@ -1123,6 +1287,49 @@ static void wake_drain(struct net *n)
             if (conn_flush(c) == 0)
                 conn_update_interest(c);
     }
+    /* Clients with new replies: collected under the lock, flushed outside
+     * it (a flush that fails closes the connection, which takes the lock). */
+    struct conn *kicked[NET_CLIENTS_MAX];
+    uint32_t n_kicked = 0;
+    pthread_mutex_lock(&n->clients_mu);
+    for (uint32_t i = 0; i < NET_CLIENTS_MAX; i++) {
+        struct client_slot *s = &n->clients[i];
+        if (s->kick && s->conn)
+            kicked[n_kicked++] = s->conn;
+        s->kick = false;
+    }
+    pthread_mutex_unlock(&n->clients_mu);
+    uint64_t now = clock_now_ns();
+    for (uint32_t i = 0; i < n_kicked; i++) {
+        struct conn *c = kicked[i];
+        c->active_ns = now; /* a reply was made: the idle time counts from here */
+        if (c->state == C_OPEN && !c->wr_blocked && !c->wr_wants_read)
+            if (conn_flush(c) == 0)
+                conn_update_interest(c);
+    }
+}
+
+/* A client's idle deadline passed: it is closed unless a request of it is
+ * outstanding (the node is still working for it), a reply to it was just
+ * made, or it was active since (then the deadline moves). Evaluated here rather than on every activity,
+ * so activity costs no timer bookkeeping. */
+static void client_deadline(struct conn *c, uint64_t now)
+{
+    struct net *n = c->net;
+    uint64_t idle_ns = ms_to_ns(n->cfg.client_idle_ms);
+    pthread_mutex_lock(&n->clients_mu);
+    /* kick: a reply was made that the loop has not seen yet (it counts as
+     * activity once it has) */
+    bool busy = c->slot->outstanding > 0 || c->slot->kick;
+    pthread_mutex_unlock(&n->clients_mu);
+    if (busy) {
+        c->deadline_ns = now + idle_ns;
+    } else if (c->active_ns + idle_ns > now) {
+        c->deadline_ns = c->active_ns + idle_ns;
+    } else {
+        LOG_D("net client idle node=%u addr=%s", n->cfg.id, c->remote);
+        conn_close(c, false);
+    }
 }
 
 static void run_timers(struct net *n, uint64_t now)
@@ -1141,8 +1348,7 @@ static void run_timers(struct net *n, uint64_t now)
         if (!c->deadline_ns || now < c->deadline_ns)
             continue;
         if (c->client && c->state == C_OPEN) {
-            LOG_D("net client idle node=%u addr=%s", n->cfg.id, c->remote);
-            conn_close(c, false);
+            client_deadline(c, now);
         } else {
             conn_refuse(c, "did not authenticate within %u ms", n->cfg.handshake_timeout_ms);
         }
@@ -1221,7 +1427,7 @@ static void close_all(struct net *n)
         struct peer *p = &n->peers[k];
         pthread_mutex_lock(&p->mu);
         p->up = false;
-        queue_drop_locked(p);
+        queue_drop_locked(&p->q);
         pthread_mutex_unlock(&p->mu);
     }
     free_dead(n);
@@ -1384,7 +1590,7 @@ static bool config_valid(const struct net_config *c)
     return c->n_nodes >= 1 && c->n_nodes <= NET_NODES_MAX && c->id >= 1 && c->id <= c->n_nodes &&
            c->queue_bytes_max > 0 && c->queue_frames_max > 0 && c->backoff_min_ms > 0 &&
            c->backoff_max_ms >= c->backoff_min_ms && c->handshake_timeout_ms > 0 &&
-           c->inbound_max > 0 && c->inbound_max <= INBOUND_LIMIT;
+           c->inbound_max > 0 && c->inbound_max <= INBOUND_LIMIT && c->client_idle_ms > 0;
 }
 
 int net_new(const struct net_config *cfg, struct net **out)
@@ -1404,6 +1610,7 @@ int net_new(const struct net_config *cfg, struct net **out)
         pthread_mutex_init(&p->mu, NULL);
         p->backoff_ms = cfg->backoff_min_ms;
     }
+    pthread_mutex_init(&n->clients_mu, NULL);
     int rc = tls_setup(n);
     if (rc == 0) {
         n->ep = epoll_create1(EPOLL_CLOEXEC);
@@ -1482,9 +1689,12 @@ void net_free(struct net *n)
         return;
     net_stop(n);
     for (uint32_t k = 0; k <= NET_NODES_MAX; k++) {
-        queue_drop_locked(&n->peers[k]);
+        queue_drop_locked(&n->peers[k].q);
         pthread_mutex_destroy(&n->peers[k].mu);
     }
+    for (uint32_t i = 0; i < NET_CLIENTS_MAX; i++)
+        queue_drop_locked(&n->clients[i].q);
+    pthread_mutex_destroy(&n->clients_mu);
     if (n->listen_fd >= 0)
         close(n->listen_fd);
     if (n->wake_fd >= 0)
@@ -1501,7 +1711,7 @@ static int check_dest(struct net *n, uint32_t to, uint8_t type, size_t len)
 {
     if (to < 1 || to > n->cfg.n_nodes || to == n->cfg.id)
         return -EINVAL;
-    if (type < NET_FRAME_PX || type > NET_FRAME_TYPE_MAX)
+    if (type < NET_FRAME_PX || type > NET_FRAME_BULK) /* HELLO and client frames are not a peer's */
         return -EINVAL;
     if (len > NET_FRAME_PAYLOAD_MAX)
         return -EMSGSIZE;
@@ -1514,9 +1724,9 @@ static int admit_locked(const struct net *n, const struct peer *p, size_t len)
 {
     if (!p->up)
         return -ENOTCONN;
-    if (p->q_frames >= n->cfg.queue_frames_max)
+    if (p->q.frames >= n->cfg.queue_frames_max)
         return -EAGAIN;
-    if (p->q_frames > 0 && len > n->cfg.queue_bytes_max - MIN(p->q_bytes, n->cfg.queue_bytes_max))
+    if (p->q.frames > 0 && len > n->cfg.queue_bytes_max - MIN(p->q.bytes, n->cfg.queue_bytes_max))
         return -EAGAIN;
     return 0;
 }
@@ -1538,14 +1748,7 @@ static int enqueue(struct net *n, uint32_t to, struct out_frame *f)
     pthread_mutex_lock(&p->mu);
     int rc = admit_locked(n, p, f->len);
     if (rc == 0) {
-        f->next = NULL;
-        if (p->q_tail)
-            p->q_tail->next = f;
-        else
-            p->q_head = f;
-        p->q_tail = f;
-        p->q_bytes += f->len;
-        p->q_frames++;
+        queue_append_locked(&p->q, f);
         need_wake = !p->kick;
         p->kick = true;
     }
@@ -1564,14 +1767,7 @@ int net_send_frame(struct net *n, uint32_t to, uint8_t type, const void *payload
     rc = peek_admit(n, to, len + NET_FRAME_HEADER_BYTES);
     if (rc)
         return rc;
-    struct out_frame *f = malloc(sizeof *f + NET_FRAME_HEADER_BYTES + len);
-    ASSERT(f != NULL);
-    f->data = f->inline_data;
-    f->len = NET_FRAME_HEADER_BYTES + len;
-    f->own = NULL;
-    net_frame_header_encode(f->data, type, (uint32_t)len);
-    if (len)
-        memcpy(f->data + NET_FRAME_HEADER_BYTES, payload, len);
+    struct out_frame *f = out_frame_new(type, payload, len);
     rc = enqueue(n, to, f);
     if (rc)
         out_frame_free(f);
@@ -1613,6 +1809,67 @@ int net_send_msg(struct net *n, const struct px_msg *m)
     return rc;
 }
 
+/* The open client with handle `client`, or NULL; the caller holds
+ * clients_mu. */
+static struct client_slot *client_find_locked(struct net *n, uint64_t client)
+{
+    for (uint32_t i = 0; client != 0 && i < NET_CLIENTS_MAX; i++)
+        if (n->clients[i].id == client)
+            return &n->clients[i];
+    return NULL;
+}
+
+/* The admission rule for a reply of `bytes` (header included): the client is
+ * open, has a request to answer, and has room, except that a client with
+ * nothing pending takes any one reply. Caller holds clients_mu. */
+static int client_admit_locked(struct net *n, uint64_t client, size_t bytes,
+                               struct client_slot **out)
+{
+    struct client_slot *s = client_find_locked(n, client);
+    if (!s)
+        return -ENOTCONN;
+    if (s->outstanding == 0)
+        return -EINVAL;
+    size_t pending = s->q.bytes + s->inflight;
+    if (pending > 0 && bytes > NET_CLIENT_PENDING_BYTES - MIN(pending, NET_CLIENT_PENDING_BYTES))
+        return -EAGAIN;
+    *out = s;
+    return 0;
+}
+
+int net_client_reply(struct net *n, uint64_t client, const void *payload, size_t len)
+{
+    if (len > NET_CLIENT_REPLY_MAX)
+        return -EMSGSIZE;
+    struct client_slot *s;
+    /* Refuse before copying up to 8 MiB; admit again when appending, the
+     * client may have gone in between. */
+    pthread_mutex_lock(&n->clients_mu);
+    int rc = client_admit_locked(n, client, NET_FRAME_HEADER_BYTES + len, &s);
+    pthread_mutex_unlock(&n->clients_mu);
+    if (rc)
+        return rc;
+    struct out_frame *f = out_frame_new(NET_FRAME_CLIENT_REPLY, payload, len);
+    bool need_wake = false;
+    pthread_mutex_lock(&n->clients_mu);
+    rc = client_admit_locked(n, client, f->len, &s);
+    if (rc == 0) {
+        queue_append_locked(&s->q, f);
+        s->outstanding--;
+        need_wake = !s->kick;
+        s->kick = true;
+    }
+    pthread_mutex_unlock(&n->clients_mu);
+    if (rc) {
+        out_frame_free(f);
+        return rc;
+    }
+    STAT_ADD(n, client_replies, 1);
+    if (need_wake)
+        wake(n);
+    return 0;
+}
+
 bool net_peer_up(struct net *n, uint32_t peer)
 {
     if (peer < 1 || peer > n->cfg.n_nodes || peer == n->cfg.id)
@@ -1639,5 +1896,8 @@ void net_get_stats(struct net *n, struct net_stats *out)
     LOAD(dropped);
     LOAD(clients);
     LOAD(status_replies);
+    LOAD(client_requests);
+    LOAD(client_replies);
+    LOAD(clients_closed);
 #undef LOAD
 }

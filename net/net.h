@@ -41,19 +41,36 @@
  * second. A newer authenticated inbound connection from a peer replaces the
  * older one (the peer has restarted or reconnected).
  *
- * Clients. The cluster's operator client (`paxfs status`, status.h) dials
- * like a peer but authenticates with the client identity (pki.h) and says
- * HELLO(node 0). It is never a peer: it replaces no one's connection, gets
- * no on_frame/on_msg, and may only send STATUS_REQ frames (payload bounded to
- * NET_STATUS_REQ_BYTES), each answered by one STATUS_REPLY on the same
- * inbound connection, filled by on_status on the loop thread. Anything else
- * from a client (another frame type, a bad request, more than
- * NET_CLIENT_REPLIES_MAX replies it has not read) closes it as a protocol error.
- * At most NET_CLIENTS_MAX client connections are open (a newer one closes the
- * oldest), each is closed after NET_CLIENT_IDLE_MS without a request, and at
- * the inbound limit an open client connection is evicted like an
- * unauthenticated one, so clients can never lock a peer out. A node whose
- * on_status is NULL refuses clients.
+ * Clients. The cluster's operator client (`paxfs status`, `paxfs fsck`,
+ * status.h) dials like a peer but authenticates with the client identity
+ * (pki.h) and says HELLO(node 0). It is never a peer: it replaces no one's
+ * connection and gets no on_frame/on_msg. It may send two kinds of frames:
+ *   - STATUS_REQ (payload bounded to NET_STATUS_REQ_BYTES), answered at once
+ *     by one STATUS_REPLY filled by on_status on the loop thread;
+ *   - CLIENT_REQ (an opaque payload of at most NET_CLIENT_REQ_MAX bytes),
+ *     handed to on_client_req with a handle for the connection; the owner
+ *     answers later, from any thread, with net_client_reply, which queues
+ *     one CLIENT_REPLY (at most NET_CLIENT_REPLY_MAX bytes). At most
+ *     NET_CLIENT_REQS_MAX requests of one client are outstanding.
+ * All replies to one client go out in the order they were made. Anything
+ * else from a client (another frame type, a bad request, a request of a kind
+ * this node does not serve, a fifth outstanding CLIENT_REQ, more than
+ * NET_CLIENT_REPLIES_MAX status replies it has not read) closes it as a
+ * protocol error. At most NET_CLIENTS_MAX client connections are open (a
+ * newer one closes the oldest). A client is closed after client_idle_ms
+ * without activity (a request, a reply made, bytes of a reply written), but
+ * never while one of its CLIENT_REQs is outstanding. At the inbound limit an
+ * open client connection is evicted like an unauthenticated one, so clients
+ * can never lock a peer out. A node whose on_status and on_client_req are
+ * both NULL refuses clients.
+ *
+ *   client                      loop thread                 any thread
+ *   CLIENT_REQ ──────────────▶ on_client_req(handle) ──▶ (work handed off)
+ *   CLIENT_REPLY ◀──────────── queue, wake ◀───────────── net_client_reply
+ *
+ * A handle is unique for the net's life and never reused, so a late reply
+ * to a client that has gone finds nothing (-ENOTCONN) instead of another
+ * client's connection.
  *
  * Backpressure. Each peer has a bounded send queue (queue_bytes_max,
  * queue_frames_max): net_send returns -EAGAIN when it is full, -ENOTCONN
@@ -66,10 +83,11 @@
  * buffer and OpenSSL's record buffers (about 100 KiB); per peer: its send
  * queue (queue_bytes_max); per authenticated inbound connection: one frame
  * in assembly, at most NET_FRAME_PAYLOAD_MAX and only as much of it as has
- * arrived is touched.
+ * arrived is touched; per open client: its replies, at most
+ * NET_CLIENT_PENDING_BYTES queued plus the one being written.
  *
- * Threading. net_send, net_send_msg, net_peer_up and net_get_stats are
- * thread-safe. The callbacks run on the event loop thread, one at a time;
+ * Threading. net_send, net_send_msg, net_client_reply, net_peer_up and
+ * net_get_stats are thread-safe. The callbacks run on the event loop thread, one at a time;
  * they must not block for long, may call net_send*, and must not call
  * net_stop/net_free. No callback runs after net_stop returns, and stopping
  * reports no peer down. net_new,
@@ -96,11 +114,15 @@
 #define NET_NODES_MAX PX_NODES_MAX
 #define NET_PATH_BYTES 4096
 #define NET_CLIENTS_MAX 8           /* open operator client connections */
-#define NET_CLIENT_IDLE_MS 10000u   /* a client connection's idle limit */
-#define NET_CLIENT_REPLIES_MAX 4    /* replies staged for a client that does not read */
+#define NET_CLIENT_IDLE_MS 10000u   /* a client connection's idle limit (default) */
+#define NET_CLIENT_REPLIES_MAX 4    /* status replies queued for a client that does not read */
+#define NET_CLIENT_REQS_MAX 4       /* CLIENT_REQs of one client not yet answered */
+/* Reply bytes queued for one client before net_client_reply says -EAGAIN:
+ * two replies of the largest size, frame headers included. */
+#define NET_CLIENT_PENDING_BYTES (2 * ((size_t)NET_FRAME_HEADER_BYTES + NET_CLIENT_REPLY_MAX))
 
-/* A frame of any type but HELLO from an authenticated peer. payload is
- * borrowed for the call. */
+/* A frame of any peer type but HELLO (PX, STATUS_*, BULK) from an
+ * authenticated peer. payload is borrowed for the call. */
 typedef void (*net_frame_fn)(void *ctx, uint32_t from, uint8_t type,
                              const uint8_t *payload, size_t len);
 /* A decoded consensus message from an authenticated peer; m->from is that
@@ -112,6 +134,11 @@ typedef void (*net_msg_fn)(void *ctx, uint32_t from, const struct px_msg *m);
  * STATUS_REQ; runs on the loop thread and must be quick. 0, or a negative
  * errno to close the client's connection instead. */
 typedef int (*net_status_fn)(void *ctx, struct net_status_reply *out);
+/* An operator client's CLIENT_REQ; runs on the loop thread and must be
+ * quick (hand the work to another thread). client is the connection's
+ * handle for net_client_reply; payload is borrowed for the call. */
+typedef void (*net_client_req_fn)(void *ctx, uint64_t client, const uint8_t *payload,
+                                  size_t len);
 /* Our outbound connection to peer is up (authenticated, HELLOs exchanged)
  * or down. */
 typedef void (*net_peer_fn)(void *ctx, uint32_t peer, bool up);
@@ -132,10 +159,13 @@ struct net_config {
     uint32_t backoff_max_ms;       /* default 2000 */
     uint32_t handshake_timeout_ms; /* connect + TLS + HELLOs, default 5000 */
     uint32_t inbound_max;          /* open inbound connections, default 64 */
+    uint32_t client_idle_ms;       /* default NET_CLIENT_IDLE_MS */
     net_frame_fn on_frame;         /* non-PX frames; PX frames too if on_msg is NULL */
     net_msg_fn on_msg;             /* PX frames, decoded; may be NULL */
     net_peer_fn on_peer;           /* may be NULL */
-    net_status_fn on_status;       /* NULL: operator clients are refused */
+    net_status_fn on_status;       /* NULL: STATUS_REQ is a protocol error */
+    net_client_req_fn on_client_req; /* NULL: CLIENT_REQ is a protocol error;
+                                      * both NULL: operator clients are refused */
     void *ctx;
 };
 
@@ -150,6 +180,9 @@ struct net_stats {
     uint64_t dropped;         /* frames dropped from a queue when its connection broke */
     uint64_t clients;         /* operator client connections authenticated */
     uint64_t status_replies;  /* STATUS_REPLY frames queued for clients */
+    uint64_t client_requests; /* CLIENT_REQ frames handed to on_client_req */
+    uint64_t client_replies;  /* CLIENT_REPLY frames queued by net_client_reply */
+    uint64_t clients_closed;  /* open client connections closed, for any reason */
 };
 
 /* Defaults for everything but id, n_nodes, addrs, cluster id, paths and
@@ -180,9 +213,10 @@ void net_stop(struct net *n);
 /* Stops if needed and frees. NULL is fine. */
 void net_free(struct net *n);
 
-/* Queues one frame of `type` (not HELLO) with a copy of payload for peer
- * `to`. 0 queued; -ENOTCONN peer down (dropped); -EAGAIN queue full; -EMSGSIZE
- * len > NET_FRAME_PAYLOAD_MAX; -EINVAL bad peer or type. */
+/* Queues one frame of `type` (PX, STATUS_REQ, STATUS_REPLY or BULK) with a
+ * copy of payload for peer `to`. 0 queued; -ENOTCONN peer down (dropped);
+ * -EAGAIN queue full; -EMSGSIZE len > NET_FRAME_PAYLOAD_MAX; -EINVAL bad peer
+ * or type (HELLO, or a client frame). */
 int net_send_frame(struct net *n, uint32_t to, uint8_t type, const void *payload,
                    size_t len);
 /* net_send_frame(n, to, NET_FRAME_PX, payload, len). */
@@ -190,6 +224,16 @@ int net_send(struct net *n, uint32_t to, const void *payload, size_t len);
 /* Encodes m (px_msg_encode) straight into a frame for m->to: the encoding is
  * the one copy. Errors as net_send, or -EINVAL if m does not encode. */
 int net_send_msg(struct net *n, const struct px_msg *m);
+
+/* Answers one outstanding CLIENT_REQ of client connection `client` (the
+ * handle on_client_req got) with a CLIENT_REPLY carrying a copy of payload.
+ * Thread-safe, from any thread, also from on_client_req itself; replies go
+ * out in call order. 0 queued; -ENOTCONN the client is gone (closed,
+ * evicted, or the net stopped); -EINVAL it has no request left to answer;
+ * -EMSGSIZE len > NET_CLIENT_REPLY_MAX; -EAGAIN NET_CLIENT_PENDING_BYTES of
+ * replies are still unsent to it (it reads slowly): retry later, the request
+ * stays outstanding. Not after net_free. */
+int net_client_reply(struct net *n, uint64_t client, const void *payload, size_t len);
 
 bool net_peer_up(struct net *n, uint32_t peer);
 void net_get_stats(struct net *n, struct net_stats *out);

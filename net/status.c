@@ -48,9 +48,11 @@ int net_status_req_decode(const uint8_t *p, size_t len, uint32_t *version)
     return 0;
 }
 
-void net_status_reply_encode(const struct net_status_reply *r, uint8_t out[NET_STATUS_REPLY_BYTES])
+size_t net_status_reply_encode(const struct net_status_reply *r, uint32_t version,
+                               uint8_t out[NET_STATUS_REPLY_BYTES])
 {
-    le_put_u32(out, NET_STATUS_VERSION);
+    ASSERT(version == 1 || version == 2);
+    le_put_u32(out, version);
     le_put_u32(out + 4, r->node);
     le_put_u32(out + 8, (uint32_t)r->role);
     le_put_u32(out + 12, r->leader);
@@ -59,23 +61,53 @@ void net_status_reply_encode(const struct net_status_reply *r, uint8_t out[NET_S
     le_put_u64(out + 32, r->applied);
     le_put_u64(out + 40, r->session);
     le_put_u32(out + 48, r->failed ? NET_STATUS_FLAG_FAILED : 0);
+    if (version == 1)
+        return NET_STATUS_REPLY_V1_BYTES;
+    le_put_u32(out + 52, (uint32_t)r->xfer_state);
+    le_put_u64(out + 56, r->snapshot_slot);
+    le_put_u64(out + 64, r->log_first);
+    le_put_u64(out + 72, r->xfer_bytes_done);
+    le_put_u64(out + 80, r->xfer_bytes_total);
+    le_put_u64(out + 88, r->xfer_rate);
+    le_put_u64(out + 96, r->blocks_repaired);
+    return NET_STATUS_REPLY_V2_BYTES;
 }
 
 int net_status_reply_decode(const uint8_t *p, size_t len, struct net_status_reply *out)
 {
-    if (len != NET_STATUS_REPLY_BYTES || le_get_u32(p) != NET_STATUS_VERSION)
+    if (len < NET_STATUS_REPLY_V1_BYTES)
+        return -EBADMSG;
+    uint32_t version = le_get_u32(p);
+    if (!(version == 1 && len == NET_STATUS_REPLY_V1_BYTES) &&
+        !(version == 2 && len == NET_STATUS_REPLY_V2_BYTES))
         return -EBADMSG;
     uint32_t node = le_get_u32(p + 4), role = le_get_u32(p + 8), flags = le_get_u32(p + 48);
     if (node == 0 || role > NET_STATUS_LEADER || (flags & ~NET_STATUS_FLAG_FAILED) != 0)
         return -EBADMSG;
-    out->node = node;
-    out->role = (enum net_status_role)role;
-    out->leader = le_get_u32(p + 12);
-    out->ballot = le_get_u64(p + 16);
-    out->commit = le_get_u64(p + 24);
-    out->applied = le_get_u64(p + 32);
-    out->session = le_get_u64(p + 40);
-    out->failed = (flags & NET_STATUS_FLAG_FAILED) != 0;
+    uint32_t xfer = version >= 2 ? le_get_u32(p + 52) : NET_STATUS_XFER_IDLE;
+    if (xfer > NET_STATUS_XFER_INSTALL)
+        return -EBADMSG;
+    struct net_status_reply r;
+    memset(&r, 0, sizeof r);
+    r.version = version;
+    r.node = node;
+    r.role = (enum net_status_role)role;
+    r.leader = le_get_u32(p + 12);
+    r.ballot = le_get_u64(p + 16);
+    r.commit = le_get_u64(p + 24);
+    r.applied = le_get_u64(p + 32);
+    r.session = le_get_u64(p + 40);
+    r.failed = (flags & NET_STATUS_FLAG_FAILED) != 0;
+    r.xfer_state = (enum net_status_xfer)xfer;
+    if (version >= 2) {
+        r.snapshot_slot = le_get_u64(p + 56);
+        r.log_first = le_get_u64(p + 64);
+        r.xfer_bytes_done = le_get_u64(p + 72);
+        r.xfer_bytes_total = le_get_u64(p + 80);
+        r.xfer_rate = le_get_u64(p + 88);
+        r.blocks_repaired = le_get_u64(p + 96);
+    }
+    *out = r;
     return 0;
 }
 
@@ -87,6 +119,36 @@ const char *net_status_role_name(enum net_status_role role)
     case NET_STATUS_LEADER: return "leader";
     }
     return "unknown";
+}
+
+const char *net_status_xfer_name(enum net_status_xfer x)
+{
+    switch (x) {
+    case NET_STATUS_XFER_IDLE: return "idle";
+    case NET_STATUS_XFER_IMAGE: return "receiving-image";
+    case NET_STATUS_XFER_BLOCKS: return "receiving-blocks";
+    case NET_STATUS_XFER_INSTALL: return "installing";
+    }
+    return "unknown";
+}
+
+void net_status_xfer_note(const struct net_status_reply *r, char *out, size_t outlen)
+{
+    if (outlen == 0)
+        return;
+    out[0] = 0;
+    if (r->version < 2 || r->xfer_state == NET_STATUS_XFER_IDLE)
+        return;
+    const uint64_t mib = 1u << 20;
+    char total[32];
+    if (r->xfer_bytes_total)
+        snprintf(total, sizeof total, "%llu", (unsigned long long)(r->xfer_bytes_total / mib));
+    else
+        snprintf(total, sizeof total, "?");
+    snprintf(out, outlen, "transfer %llu/%s MiB %llu MiB/s%s",
+             (unsigned long long)(r->xfer_bytes_done / mib), total,
+             (unsigned long long)(r->xfer_rate / mib),
+             r->xfer_state == NET_STATUS_XFER_INSTALL ? " (installing)" : "");
 }
 
 void net_status_from_replica(const struct replica_status *st, uint32_t node,
@@ -103,11 +165,18 @@ void net_status_from_replica(const struct replica_status *st, uint32_t node,
     out->applied = st->applied;
     out->session = st->session;
     out->failed = st->failed;
+    out->version = NET_STATUS_VERSION;
+    out->snapshot_slot = st->snapshot_slot;
+    out->log_first = st->log_first;
 }
 
 /* ---- the client ------------------------------------------------------------ */
 
-#define READ_ROUNDS_MAX 64 /* SSL_read calls per query: HELLO + reply need 1 or 2 */
+/* SSL_read calls per conversation: HELLO and a status reply need 1 or 2; a
+ * CLIENT_REPLY of up to 8 MiB one per TLS record (16 KiB), and the bound
+ * allows records four times smaller than that. */
+#define READ_ROUNDS_MAX 64
+#define READ_ROUND_BYTES_MIN 4096u
 
 struct net_status_client {
     struct cluster_config cc;
@@ -269,7 +338,7 @@ static int dial(struct query *q, const struct config_node *addr)
     struct addrinfo *res = NULL;
     if (getaddrinfo(addr->host, serv, &hints, &res) != 0 || !res) {
         set_err(q->err, q->errlen, "cannot resolve host %s", addr->host);
-        return -ENOTCONN;
+        return -EHOSTUNREACH;
     }
     q->fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int rc = q->fd < 0 ? -errno : 0;
@@ -287,7 +356,7 @@ static int dial(struct query *q, const struct config_node *addr)
         rc = -soerr;
     if (rc) {
         set_err(q->err, q->errlen, "cannot connect: %s", strerror(-rc));
-        return -ENOTCONN;
+        return rc == -ECONNREFUSED ? -ECONNREFUSED : -EHOSTUNREACH;
     }
     return 0;
 }
@@ -366,21 +435,34 @@ static int check_node_cert(struct net_status_client *c, struct query *q, uint32_
     return 0;
 }
 
-/* Reads frames until the node's HELLO and then its STATUS_REPLY arrive. */
+/* What one conversation sends and what answer it waits for. */
+struct exchange {
+    uint8_t req_type;
+    const void *req;
+    size_t req_len;
+    uint8_t reply_type;
+    size_t reply_max;
+    /* Takes the reply frame's payload: 0 done, -EBADMSG (with err set). */
+    int (*take)(struct query *q, const uint8_t *p, size_t len, void *arg);
+    void *arg;
+};
+
+/* Reads frames until the node's HELLO and then its answer arrive. */
 static int read_answer(struct net_status_client *c, struct query *q, uint32_t node,
-                       struct net_status_reply *out)
+                       const struct exchange *x)
 {
     struct net_frame_rx rx;
     net_frame_rx_init(&rx);
-    net_frame_rx_set_payload_max(&rx, NET_STATUS_REPLY_BYTES);
+    net_frame_rx_set_payload_max(&rx, x->reply_max);
     bool hello = false;
     int rc = 1; /* 1: still waiting */
-    for (int round = 0; rc == 1 && round < READ_ROUNDS_MAX; round++) {
+    const int rounds = READ_ROUNDS_MAX + (int)(x->reply_max / READ_ROUND_BYTES_MIN);
+    for (int round = 0; rc == 1 && round < rounds; round++) {
         uint8_t *p;
         size_t room;
         net_frame_rx_space(&rx, &p, &room);
         int r = tls_op(q, op_read, p, room > INT_MAX ? INT_MAX : (int)room,
-                       hello ? "before the status reply" : "before the node's HELLO");
+                       hello ? "before the answer" : "before the node's HELLO");
         if (r < 0) {
             /* Closed before HELLO: the node refused this client. */
             rc = !hello && r == -ENOTCONN ? -EACCES : r;
@@ -405,32 +487,32 @@ static int read_answer(struct net_status_client *c, struct query *q, uint32_t no
                 hello = true;
                 continue;
             }
-            struct net_status_reply rep;
-            if (f.type != NET_FRAME_STATUS_REPLY ||
-                net_status_reply_decode(f.payload, f.len, &rep) != 0 || rep.node != node) {
-                set_err(q->err, q->errlen, "malformed status reply (frame type %u, %zu bytes)",
-                        f.type, f.len);
+            if (f.type != x->reply_type) {
+                set_err(q->err, q->errlen, "the node answered with frame type %u, not %u",
+                        f.type, x->reply_type);
                 rc = -EBADMSG;
                 break;
             }
-            *out = rep;
-            rc = 0;
+            rc = x->take(q, f.payload, f.len, x->arg);
         }
         if (rc == 1 && got < 0) {
-            set_err(q->err, q->errlen, "malformed frame from the node");
+            set_err(q->err, q->errlen, "malformed frame from the node (or an answer over "
+                    "%zu bytes)", x->reply_max);
             rc = -EBADMSG;
         }
     }
     net_frame_rx_deinit(&rx);
     if (rc == 1) {
-        set_err(q->err, q->errlen, "the node sent no status within %d reads", READ_ROUNDS_MAX);
+        set_err(q->err, q->errlen, "the node sent no answer within %d reads", rounds);
         rc = -EBADMSG;
     }
     return rc;
 }
 
+/* Dial, TLS, the node's certificate, then HELLO(0) and the request in one
+ * write (one round trip after TLS), then the answer. */
 static int converse(struct net_status_client *c, struct query *q, uint32_t node,
-                    struct net_status_reply *out)
+                    const struct exchange *x)
 {
     int rc = dial(q, &c->cc.nodes[node]);
     if (rc)
@@ -447,31 +529,41 @@ static int converse(struct net_status_client *c, struct query *q, uint32_t node,
     rc = check_node_cert(c, q, node);
     if (rc)
         return rc;
-    /* HELLO(0) and the request in one write: one round trip after TLS */
-    uint8_t msg[2 * NET_FRAME_HEADER_BYTES + NET_HELLO_BYTES + NET_STATUS_REQ_BYTES];
-    struct net_hello h = {.node = 0};
+    struct buf msg;
+    buf_init(&msg);
+    struct net_hello h = {.node = NET_HELLO_NODE_CLIENT};
     memcpy(h.cluster_id, c->cc.cluster_id, sizeof h.cluster_id);
-    net_frame_header_encode(msg, NET_FRAME_HELLO, NET_HELLO_BYTES);
-    net_hello_encode(&h, msg + NET_FRAME_HEADER_BYTES);
-    uint8_t *req = msg + NET_FRAME_HEADER_BYTES + NET_HELLO_BYTES;
-    net_frame_header_encode(req, NET_FRAME_STATUS_REQ, NET_STATUS_REQ_BYTES);
-    net_status_req_encode(NET_STATUS_VERSION, req + NET_FRAME_HEADER_BYTES);
+    uint8_t *p = buf_append_space(&msg, 2 * NET_FRAME_HEADER_BYTES + NET_HELLO_BYTES);
+    net_frame_header_encode(p, NET_FRAME_HELLO, NET_HELLO_BYTES);
+    net_hello_encode(&h, p + NET_FRAME_HEADER_BYTES);
+    net_frame_header_encode(p + NET_FRAME_HEADER_BYTES + NET_HELLO_BYTES, x->req_type,
+                            (uint32_t)x->req_len);
+    buf_put(&msg, x->req, x->req_len);
     size_t off = 0;
-    for (int i = 0; off < sizeof msg && i < 16; i++) {
-        rc = tls_op(q, op_write, msg + off, (int)(sizeof msg - off), "while asking");
-        if (rc < 0)
-            return rc;
-        off += (size_t)rc;
+    rc = 0;
+    /* without SSL_MODE_ENABLE_PARTIAL_WRITE a write is all or nothing */
+    for (int i = 0; rc == 0 && off < msg.len && i < 16; i++) {
+        size_t chunk = MIN(msg.len - off, (size_t)INT_MAX);
+        int w = tls_op(q, op_write, msg.data + off, (int)chunk, "while asking");
+        if (w < 0)
+            rc = w;
+        else
+            off += (size_t)w;
     }
-    if (off < sizeof msg) {
+    bool sent = off == msg.len;
+    buf_deinit(&msg);
+    if (rc < 0)
+        return rc;
+    if (!sent) {
         set_err(q->err, q->errlen, "cannot send the request");
         return -ENOTCONN;
     }
-    return read_answer(c, q, node, out);
+    return read_answer(c, q, node, x);
 }
 
-int net_status_query(struct net_status_client *c, uint32_t node, uint32_t timeout_ms,
-                     struct net_status_reply *out, char *err, size_t errlen)
+/* Runs one conversation with the node, from dial to close. */
+static int conversation(struct net_status_client *c, uint32_t node, uint32_t timeout_ms,
+                        const struct exchange *x, char *err, size_t errlen)
 {
     if (node < 1 || node > c->cc.n_nodes) {
         set_err(err, errlen, "node %u is not in the cluster (it has nodes 1..%u)", node,
@@ -489,8 +581,7 @@ int net_status_query(struct net_status_client *c, uint32_t node, uint32_t timeou
 
     struct query q = {.fd = -1, .deadline_ns = clock_now_ns() + (uint64_t)timeout_ms * 1000000ull,
                       .timeout_ms = timeout_ms, .err = err, .errlen = errlen};
-    struct net_status_reply rep;
-    int rc = converse(c, &q, node, &rep);
+    int rc = converse(c, &q, node, x);
     if (q.ssl && rc == 0) {
         ERR_clear_error();
         SSL_shutdown(q.ssl); /* best effort close_notify; never waits */
@@ -506,7 +597,71 @@ int net_status_query(struct net_status_client *c, uint32_t node, uint32_t timeou
         sigtimedwait(&pipe_set, NULL, &zero);
     }
     pthread_sigmask(SIG_SETMASK, &old_set, NULL);
-    if (rc == 0)
-        *out = rep;
     return rc;
+}
+
+struct status_take {
+    uint32_t node;
+    struct net_status_reply rep;
+};
+
+static int take_status(struct query *q, const uint8_t *p, size_t len, void *arg)
+{
+    struct status_take *t = arg;
+    struct net_status_reply rep;
+    if (net_status_reply_decode(p, len, &rep) != 0 || rep.node != t->node ||
+        rep.version > NET_STATUS_VERSION) {
+        set_err(q->err, q->errlen, "malformed status reply (%zu bytes)", len);
+        return -EBADMSG;
+    }
+    t->rep = rep;
+    return 0;
+}
+
+int net_status_query(struct net_status_client *c, uint32_t node, uint32_t timeout_ms,
+                     struct net_status_reply *out, char *err, size_t errlen)
+{
+    uint8_t req[NET_STATUS_REQ_BYTES];
+    net_status_req_encode(NET_STATUS_VERSION, req);
+    struct status_take t = {.node = node};
+    struct exchange x = {.req_type = NET_FRAME_STATUS_REQ, .req = req, .req_len = sizeof req,
+                         .reply_type = NET_FRAME_STATUS_REPLY,
+                         .reply_max = NET_STATUS_REPLY_BYTES, .take = take_status, .arg = &t};
+    int rc = conversation(c, node, timeout_ms, &x, err, errlen);
+    if (rc == -ECONNREFUSED || rc == -EHOSTUNREACH)
+        rc = -ENOTCONN; /* this call's contract predates the finer codes */
+    if (rc == 0)
+        *out = t.rep;
+    return rc;
+}
+
+static int take_reply(struct query *q, const uint8_t *p, size_t len, void *arg)
+{
+    (void)q;
+    buf_put(arg, p, len);
+    return 0;
+}
+
+int net_status_client_request_err(struct net_status_client *c, uint32_t node,
+                                  uint32_t timeout_ms, const void *req, size_t len,
+                                  struct buf *reply, char *err, size_t errlen)
+{
+    if (len > NET_CLIENT_REQ_MAX) {
+        set_err(err, errlen, "request of %zu bytes is over the limit of %u", len,
+                NET_CLIENT_REQ_MAX);
+        return -EMSGSIZE;
+    }
+    struct exchange x = {.req_type = NET_FRAME_CLIENT_REQ, .req = req, .req_len = len,
+                         .reply_type = NET_FRAME_CLIENT_REPLY,
+                         .reply_max = NET_CLIENT_REPLY_MAX, .take = take_reply, .arg = reply};
+    int rc = conversation(c, node, timeout_ms, &x, err, errlen);
+    if (rc == -ENOTCONN) /* connected, authenticated, then closed on us */
+        rc = -ECONNRESET;
+    return rc;
+}
+
+int net_status_client_request(struct net_status_client *c, uint32_t node, uint32_t timeout_ms,
+                              const void *req, size_t len, struct buf *reply)
+{
+    return net_status_client_request_err(c, node, timeout_ms, req, len, reply, NULL, 0);
 }

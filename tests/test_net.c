@@ -10,11 +10,18 @@
  * written here with plain OpenSSL and sockets: plaintext and random bytes,
  * TLS clients with bad certificates or lying HELLOs, an authenticated client
  * sending broken frames, and a peer that authenticates and then never reads
- * (to fill the bounded send queue). */
+ * (to fill the bounded send queue).
+ *
+ * Operator clients' requests (CLIENT_REQ / CLIENT_REPLY) are answered by a
+ * worker thread of the test, as the filesystem would; the clients are the
+ * blocking net_status_client_request and raw TLS clients that pipeline,
+ * hang up or send oversized requests. */
 #include "net/net.h"
 #include "net/frame.h"
 #include "net/pki.h"
+#include "net/status.h"
 
+#include "base/assert.h"
 #include "base/buf.h"
 #include "base/clock.h"
 #include "base/log.h"
@@ -111,8 +118,8 @@ static void make_node(const char *stem, X509 *ca, EVP_PKEY *ca_key, uint32_t nod
     EVP_PKEY_free(key);
 }
 
-/* ca.crt + node1..3 (the cluster); other-ca.crt + other3 (a foreign CA);
- * expired3 (ours, expired); alien3 (our CA, another cluster id). */
+/* ca.crt + node1..3 + client (the cluster); other-ca.crt + other3 (a
+ * foreign CA); expired3 (ours, expired); alien3 (our CA, another cluster id). */
 static void setup(void)
 {
     signal(SIGPIPE, SIG_IGN); /* the raw attackers write to sockets node 1 closed */
@@ -136,6 +143,12 @@ static void setup(void)
     memcpy(alien, cluster_id, 16);
     alien[15] ^= 0xff;
     make_node("alien3", ca, ca_key, 3, alien, nb, na);
+    EVP_PKEY *client_key = pki_key_new();
+    X509 *client = pki_client_cert_new(ca, ca_key, client_key, cluster_id, nb, na);
+    cr_assert_not_null(client);
+    write_pair("client", client, client_key); /* the operator client */
+    X509_free(client);
+    EVP_PKEY_free(client_key);
 
     EVP_PKEY *other_key = pki_key_new();
     X509 *other = pki_ca_new(other_key, cluster_id, nb, na);
@@ -1061,6 +1074,13 @@ Test(net, bad_arguments_are_rejected)
     cr_assert_eq(net_send(e[0].net, 3, "x", 1), -EINVAL);
     cr_assert_eq(net_send_frame(e[0].net, 2, NET_FRAME_HELLO, "x", 1), -EINVAL);
     cr_assert_eq(net_send_frame(e[0].net, 2, 0, "x", 1), -EINVAL);
+    cr_assert_eq(net_send_frame(e[0].net, 2, NET_FRAME_CLIENT_REQ, "x", 1), -EINVAL,
+                 "client frames are not a peer's");
+    cr_assert_eq(net_send_frame(e[0].net, 2, NET_FRAME_CLIENT_REPLY, "x", 1), -EINVAL);
+    cr_assert_eq(net_client_reply(e[0].net, 1, "x", 1), -ENOTCONN, "no such client");
+    cr_assert_eq(net_client_reply(e[0].net, 0, "x", 1), -ENOTCONN);
+    cr_assert_eq(net_client_reply(e[0].net, 1, "x", (size_t)NET_CLIENT_REPLY_MAX + 1),
+                 -EMSGSIZE);
     cr_assert_eq(net_send(e[0].net, 2, "x", (size_t)NET_FRAME_PAYLOAD_MAX + 1), -EMSGSIZE);
     struct px_msg bad = {.type = PX_MSG_HEARTBEAT, .from = 1, .to = 2, .n_entries = 1};
     wait_up(&e[0], 2);
@@ -1074,4 +1094,643 @@ Test(net, bad_arguments_are_rejected)
     cr_assert_eq(net_new(&c, &n), -EINVAL);
     ep_config(&c, 1, NET_NODES_MAX + 1, "node1");
     cr_assert_eq(net_new(&c, &n), -EINVAL);
+}
+
+/* ------------------------------------------------------------ peer bulk frames */
+
+struct bulk_rx {
+    pthread_mutex_t mu;
+    uint64_t frames, errors, bytes;
+};
+
+static void bulk_on_frame(void *ctx, uint32_t from, uint8_t type, const uint8_t *p, size_t len)
+{
+    struct bulk_rx *b = ctx;
+    uint64_t seq = UINT64_MAX;
+    bool ok = type == NET_FRAME_BULK && from == 1 && len >= 8;
+    if (ok) {
+        memcpy(&seq, p, 8);
+        for (size_t i = 8; ok && i < len; i++)
+            ok = p[i] == pattern(from, seq, i);
+    }
+    pthread_mutex_lock(&b->mu);
+    ok = ok && seq == b->frames;
+    b->frames += ok;
+    b->errors += !ok;
+    b->bytes += ok ? len : 0;
+    pthread_mutex_unlock(&b->mu);
+}
+
+static bool bulk_done(void *arg)
+{
+    struct bulk_rx *b = arg;
+    pthread_mutex_lock(&b->mu);
+    bool done = b->frames + b->errors >= 5;
+    pthread_mutex_unlock(&b->mu);
+    return done;
+}
+
+Test(net, peer_bulk_frames_of_several_mib_arrive_whole_and_in_order)
+{
+    struct ep e[2];
+    struct bulk_rx rx = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    struct net_config c;
+    ep_config(&c, 1, 2, "node1");
+    ep_init(&e[0], 1, &c);
+    ep_config(&c, 2, 2, "node2");
+    ep_init(&e[1], 2, &c);
+    net_free(e[1].net); /* node 2 again, with the bulk receiver */
+    c.on_frame = bulk_on_frame;
+    c.ctx = &rx;
+    cr_assert_eq(net_new(&c, &e[1].net), 0);
+    start_all(e, 2);
+    wait_all_up(e, 2);
+    /* 4 MiB frames between consensus traffic, the way a snapshot transfer
+     * would interleave with the log */
+    static const size_t sizes[5] = {4u << 20, 100, 4u << 20, 3u << 20, (4u << 20) + 1};
+    uint8_t *p = malloc(sizes[4]);
+    uint64_t total = 0;
+    for (uint64_t seq = 0; seq < 5; seq++) {
+        fill(p, sizes[seq], 1, seq);
+        int rc;
+        uint64_t deadline = clock_now_ns() + 20 * SEC;
+        while ((rc = net_send_frame(e[0].net, 2, NET_FRAME_BULK, p, sizes[seq])) == -EAGAIN &&
+               clock_now_ns() < deadline)
+            usleep(1000);
+        cr_assert_eq(rc, 0, "bulk frame %llu: %d", (unsigned long long)seq, rc);
+        total += sizes[seq];
+    }
+    free(p);
+    cr_assert(wait_for(bulk_done, &rx, 30 * SEC), "bulk frames did not arrive");
+    pthread_mutex_lock(&rx.mu);
+    cr_assert_eq(rx.errors, 0, "a bulk frame was corrupt or out of order");
+    cr_assert_eq(rx.frames, 5);
+    cr_assert_eq(rx.bytes, total);
+    pthread_mutex_unlock(&rx.mu);
+    cr_assert_eq(stats(&e[1]).protocol_errors, 0);
+    ep_free(&e[0]);
+    net_free(e[1].net);
+    e[1].net = NULL;
+    ep_free(&e[1]);
+}
+
+/* ------------------------------------------------------------ client requests */
+
+/* A request says how the worker answers: reply_len bytes (>= 8, the first 8
+ * are seq) after delay_ms. */
+struct test_req {
+    uint32_t reply_len;
+    uint32_t delay_ms;
+    uint64_t seq;
+};
+
+#define SRV_REQS_MAX 64
+
+/* Node 1 alone, serving client requests through a worker thread. */
+struct srv {
+    struct net *net;
+    struct cluster_config cc;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool hold;                       /* record requests, answer none */
+    bool stop;
+    uint32_t n_reqs, n_done;         /* received, answered by the worker */
+    uint64_t clients[SRV_REQS_MAX];  /* handle of each request */
+    struct test_req reqs[SRV_REQS_MAX];
+    size_t lens[SRV_REQS_MAX];
+    int rcs[SRV_REQS_MAX];           /* net_client_reply's answer per request */
+    pthread_t loop_thread, worker_thread;
+    bool answered_elsewhere;         /* a reply came from a thread other than the loop */
+    pthread_t worker;
+};
+
+static void srv_on_req(void *ctx, uint64_t client, const uint8_t *p, size_t len)
+{
+    struct srv *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    s->loop_thread = pthread_self();
+    if (s->n_reqs < SRV_REQS_MAX) {
+        uint32_t i = s->n_reqs++;
+        s->clients[i] = client;
+        s->lens[i] = len;
+        memset(&s->reqs[i], 0, sizeof s->reqs[i]);
+        memcpy(&s->reqs[i], p, MIN(len, sizeof s->reqs[i]));
+        pthread_cond_broadcast(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int srv_status(void *ctx, struct net_status_reply *out)
+{
+    (void)ctx;
+    out->role = NET_STATUS_LEADER;
+    out->leader = 1;
+    return 0;
+}
+
+static void *srv_worker(void *arg)
+{
+    struct srv *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) { /* bounded by the test's stop */
+        if (s->hold || s->n_done == s->n_reqs) {
+            pthread_cond_wait(&s->cv, &s->mu);
+            continue;
+        }
+        uint32_t i = s->n_done;
+        struct test_req r = s->reqs[i];
+        uint64_t client = s->clients[i];
+        pthread_mutex_unlock(&s->mu);
+        usleep(r.delay_ms * 1000u);
+        size_t len = MAX(r.reply_len, 8u);
+        uint8_t *p = malloc(len);
+        fill(p, len, 9, r.seq);
+        int rc;
+        uint64_t deadline = clock_now_ns() + 10 * SEC;
+        while ((rc = net_client_reply(s->net, client, p, len)) == -EAGAIN &&
+               clock_now_ns() < deadline)
+            usleep(1000);
+        free(p);
+        pthread_mutex_lock(&s->mu);
+        s->rcs[i] = rc;
+        s->answered_elsewhere = !pthread_equal(pthread_self(), s->loop_thread);
+        s->n_done++;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+static void srv_start(struct srv *s, uint32_t idle_ms, bool hold)
+{
+    memset(s, 0, sizeof *s);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->hold = hold;
+    struct net_config c;
+    ep_config(&c, 1, 1, "node1");
+    c.client_idle_ms = idle_ms;
+    c.on_client_req = srv_on_req;
+    c.on_status = srv_status;
+    c.ctx = s;
+    cr_assert_eq(net_new(&c, &s->net), 0);
+    cr_assert_eq(net_start(s->net), 0);
+    memcpy(s->cc.cluster_id, cluster_id, 16);
+    s->cc.n_nodes = 1;
+    snprintf(s->cc.nodes[1].host, sizeof s->cc.nodes[1].host, "127.0.0.1");
+    s->cc.nodes[1].port = net_port(s->net);
+    cr_assert_eq(pthread_create(&s->worker, NULL, srv_worker, s), 0);
+}
+
+static void srv_stop(struct srv *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->worker, NULL);
+    net_free(s->net);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+}
+
+static uint32_t srv_reqs(struct srv *s)
+{
+    pthread_mutex_lock(&s->mu);
+    uint32_t n = s->n_reqs;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+struct srv_wait {
+    struct srv *s;
+    uint32_t reqs;
+    uint64_t protocol_errors, clients_closed;
+};
+
+static bool srv_reached(void *arg)
+{
+    struct srv_wait *w = arg;
+    struct net_stats st;
+    net_get_stats(w->s->net, &st);
+    return srv_reqs(w->s) >= w->reqs && st.protocol_errors >= w->protocol_errors &&
+           st.clients_closed >= w->clients_closed;
+}
+
+static void srv_wait(struct srv *s, uint32_t reqs, uint64_t protocol_errors,
+                     uint64_t clients_closed)
+{
+    struct srv_wait w = {s, reqs, protocol_errors, clients_closed};
+    cr_assert(wait_for(srv_reached, &w, 10 * SEC), "waited for %u requests, %llu protocol "
+              "errors, %llu clients closed", reqs, (unsigned long long)protocol_errors,
+              (unsigned long long)clients_closed);
+}
+
+static struct net_status_client *srv_client(struct srv *s)
+{
+    struct net_status_client *c;
+    char err[512];
+    int rc = net_status_client_new(&s->cc, root, &c, err, sizeof err);
+    cr_assert_eq(rc, 0, "%s", err);
+    return c;
+}
+
+/* Asks through net_status_client_request and checks the whole answer. */
+static void expect_answer(struct net_status_client *c, uint32_t reply_len, uint32_t delay_ms,
+                          uint64_t seq, uint32_t timeout_ms)
+{
+    struct test_req r = {reply_len, delay_ms, seq};
+    struct buf reply;
+    buf_init(&reply);
+    buf_put(&reply, "pre", 3); /* the answer is appended */
+    char err[256] = "";
+    int rc = net_status_client_request_err(c, 1, timeout_ms, &r, sizeof r, &reply, err,
+                                           sizeof err);
+    cr_assert_eq(rc, 0, "request %llu: %d %s", (unsigned long long)seq, rc, err);
+    cr_assert_eq(reply.len, 3 + (size_t)reply_len);
+    cr_assert_eq(memcmp(reply.data, "pre", 3), 0);
+    uint8_t *want = malloc(reply_len);
+    fill(want, reply_len, 9, seq);
+    cr_assert_eq(memcmp(reply.data + 3, want, reply_len), 0, "reply %llu differs",
+                 (unsigned long long)seq);
+    free(want);
+    buf_deinit(&reply);
+}
+
+/* Writes one frame of any size (the node may already have hung up). */
+static void raw_frame(struct raw_tls *t, uint8_t type, const void *payload, size_t len)
+{
+    uint8_t *f = malloc(NET_FRAME_HEADER_BYTES + len);
+    net_frame_header_encode(f, type, (uint32_t)len);
+    memcpy(f + NET_FRAME_HEADER_BYTES, payload, len);
+    raw_write(t, f, NET_FRAME_HEADER_BYTES + len);
+    free(f);
+}
+
+/* The next frame from the node: 1 and *f (valid until the next call), or 0
+ * if the stream ended or broke. */
+static int raw_next_frame(struct raw_tls *t, struct net_frame_rx *rx, struct net_frame *f)
+{
+    for (int i = 0; i < 100000; i++) {
+        int rc = net_frame_rx_next(rx, f);
+        if (rc != 0)
+            return rc == 1;
+        uint8_t *p;
+        size_t room;
+        net_frame_rx_space(rx, &p, &room);
+        int r = SSL_read(t->ssl, p, room > INT32_MAX ? INT32_MAX : (int)room);
+        if (r <= 0)
+            return 0;
+        net_frame_rx_commit(rx, (size_t)r);
+    }
+    return 0;
+}
+
+Test(net, a_client_request_is_answered_asynchronously_from_another_thread)
+{
+    struct srv s;
+    srv_start(&s, NET_CLIENT_IDLE_MS, false);
+    struct net_status_client *c = srv_client(&s);
+    expect_answer(c, 100, 0, 1, 5000);
+    expect_answer(c, 200u << 10, 50, 2, 5000); /* larger than a receive buffer */
+    /* a request of exactly NET_CLIENT_REQ_MAX bytes is fine */
+    uint8_t *big = calloc(1, NET_CLIENT_REQ_MAX);
+    struct test_req r = {64, 0, 3};
+    memcpy(big, &r, sizeof r);
+    struct buf reply;
+    buf_init(&reply);
+    cr_assert_eq(net_status_client_request(c, 1, 5000, big, NET_CLIENT_REQ_MAX, &reply), 0);
+    cr_assert_eq(reply.len, 64);
+    buf_reset(&reply);
+    cr_assert_eq(net_status_client_request(c, 1, 5000, big, NET_CLIENT_REQ_MAX + 1, &reply),
+                 -EMSGSIZE);
+    cr_assert_eq(net_status_client_request(c, 2, 5000, big, 8, &reply), -EINVAL);
+    cr_assert_eq(reply.len, 0, "nothing appended on failure");
+    buf_deinit(&reply);
+    free(big);
+    /* status queries still work on a node that also serves requests */
+    struct net_status_reply st;
+    char err[256];
+    cr_assert_eq(net_status_query(c, 1, 3000, &st, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(st.version, NET_STATUS_VERSION);
+    net_status_client_free(c);
+
+    pthread_mutex_lock(&s.mu);
+    cr_assert_eq(s.n_done, 3);
+    cr_assert(s.answered_elsewhere, "the worker thread answered");
+    for (uint32_t i = 0; i < 3; i++)
+        cr_assert_eq(s.rcs[i], 0);
+    cr_assert_neq(s.clients[0], s.clients[1], "a handle per connection");
+    pthread_mutex_unlock(&s.mu);
+    struct net_stats ns;
+    net_get_stats(s.net, &ns);
+    cr_assert_eq(ns.client_requests, 3);
+    cr_assert_eq(ns.client_replies, 3);
+    cr_assert_eq(ns.protocol_errors + ns.refused, 0);
+    srv_stop(&s);
+}
+
+Test(net, replies_to_one_client_go_out_in_call_order)
+{
+    struct srv s;
+    srv_start(&s, NET_CLIENT_IDLE_MS, true);
+    struct raw_tls t;
+    cr_assert(raw_dial(&t, net_port(s.net), "client"));
+    raw_hello(&t, 0, cluster_id);
+    for (uint64_t i = 0; i < NET_CLIENT_REQS_MAX; i++) {
+        struct test_req r = {8, 0, i};
+        raw_frame(&t, NET_FRAME_CLIENT_REQ, &r, sizeof r);
+    }
+    srv_wait(&s, NET_CLIENT_REQS_MAX, 0, 0);
+    /* answered last to first, with sizes on both sides of the staging
+     * buffer, and a status request in between */
+    static const size_t sizes[NET_CLIENT_REQS_MAX] = {100, 1u << 20, 50, 300u << 10};
+    uint8_t *p = malloc(1u << 20);
+    for (uint32_t k = 0; k < NET_CLIENT_REQS_MAX; k++) {
+        uint32_t i = NET_CLIENT_REQS_MAX - 1 - k;
+        fill(p, sizes[k], 9, 100 + k);
+        cr_assert_eq(net_client_reply(s.net, s.clients[i], p, sizes[k]), 0);
+        if (k == 1) {
+            uint8_t q[NET_STATUS_REQ_BYTES];
+            net_status_req_encode(NET_STATUS_VERSION, q);
+            raw_frame(&t, NET_FRAME_STATUS_REQ, q, sizeof q);
+        }
+    }
+    cr_assert_eq(net_client_reply(s.net, s.clients[0], p, 8), -EINVAL, "nothing left to answer");
+    struct net_frame_rx rx;
+    net_frame_rx_init(&rx);
+    struct net_frame f;
+    cr_assert(raw_next_frame(&t, &rx, &f));
+    cr_assert_eq(f.type, NET_FRAME_HELLO);
+    bool status_seen = false;
+    for (uint32_t k = 0; k < NET_CLIENT_REQS_MAX; k++) {
+        cr_assert(raw_next_frame(&t, &rx, &f), "reply %u missing", k);
+        if (f.type == NET_FRAME_STATUS_REPLY) {
+            status_seen = true;
+            k--;
+            continue;
+        }
+        cr_assert_eq(f.type, NET_FRAME_CLIENT_REPLY);
+        cr_assert_eq(f.len, sizes[k], "reply %u has %zu bytes", k, f.len);
+        fill(p, sizes[k], 9, 100 + k);
+        cr_assert_eq(memcmp(f.payload, p, f.len), 0, "reply %u out of order or corrupt", k);
+    }
+    if (!status_seen) {
+        cr_assert(raw_next_frame(&t, &rx, &f));
+        cr_assert_eq(f.type, NET_FRAME_STATUS_REPLY);
+    }
+    net_frame_rx_deinit(&rx);
+    free(p);
+    raw_close(&t);
+    srv_stop(&s);
+}
+
+Test(net, a_client_with_an_outstanding_request_is_not_cut_as_idle)
+{
+    struct srv s;
+    srv_start(&s, 300, false);
+    /* an idle client is cut: the limit is real */
+    struct raw_tls t;
+    cr_assert(raw_dial(&t, net_port(s.net), "client"));
+    raw_hello(&t, 0, cluster_id);
+    uint64_t t0 = clock_now_ns();
+    cr_assert(raw_until_closed(&t));
+    uint64_t took = clock_now_ns() - t0;
+    cr_assert(took >= 250000000ull && took < 2 * SEC, "idle client cut after %llu ms",
+              (unsigned long long)(took / 1000000));
+    raw_close(&t);
+    /* an answer four idle limits late still arrives */
+    struct net_status_client *c = srv_client(&s);
+    expect_answer(c, 1000, 1200, 7, 5000);
+    net_status_client_free(c);
+    /* and the idle time counts from the reply: a raw client that got its
+     * late answer is cut about one limit later */
+    cr_assert(raw_dial(&t, net_port(s.net), "client"));
+    raw_hello(&t, 0, cluster_id);
+    struct test_req r = {16, 700, 8};
+    raw_frame(&t, NET_FRAME_CLIENT_REQ, &r, sizeof r);
+    struct net_frame_rx rx;
+    net_frame_rx_init(&rx);
+    struct net_frame f;
+    cr_assert(raw_next_frame(&t, &rx, &f));
+    cr_assert_eq(f.type, NET_FRAME_HELLO);
+    cr_assert(raw_next_frame(&t, &rx, &f), "the late reply never came");
+    cr_assert_eq(f.type, NET_FRAME_CLIENT_REPLY);
+    uint64_t t1 = clock_now_ns();
+    cr_assert(!raw_next_frame(&t, &rx, &f));
+    took = clock_now_ns() - t1;
+    cr_assert(took < 2 * SEC, "cut %llu ms after its reply", (unsigned long long)(took / 1000000));
+    net_frame_rx_deinit(&rx);
+    raw_close(&t);
+    struct net_stats ns;
+    net_get_stats(s.net, &ns);
+    cr_assert_eq(ns.protocol_errors, 0);
+    srv_stop(&s);
+}
+
+Test(net, a_fifth_outstanding_request_is_refused)
+{
+    struct srv s;
+    srv_start(&s, NET_CLIENT_IDLE_MS, true);
+    struct raw_tls t;
+    cr_assert(raw_dial(&t, net_port(s.net), "client"));
+    raw_hello(&t, 0, cluster_id);
+    for (uint64_t i = 0; i <= NET_CLIENT_REQS_MAX; i++) {
+        struct test_req r = {8, 0, i};
+        raw_frame(&t, NET_FRAME_CLIENT_REQ, &r, sizeof r);
+    }
+    cr_assert(raw_until_closed(&t), "the node kept a client with 5 outstanding requests");
+    raw_close(&t);
+    srv_wait(&s, NET_CLIENT_REQS_MAX, 1, 1);
+    cr_assert_eq(srv_reqs(&s), NET_CLIENT_REQS_MAX, "the fifth reached the handler");
+    cr_assert(log_has("net protocol error node=1", "while 4 are outstanding"));
+    /* the four held requests' client is gone */
+    for (uint32_t i = 0; i < NET_CLIENT_REQS_MAX; i++)
+        cr_assert_eq(net_client_reply(s.net, s.clients[i], "late", 4), -ENOTCONN);
+    srv_stop(&s);
+}
+
+Test(net, a_reply_to_a_closed_client_is_enotconn)
+{
+    struct srv s;
+    srv_start(&s, NET_CLIENT_IDLE_MS, true);
+    struct net_status_client *c = srv_client(&s);
+    struct test_req r = {8, 0, 1};
+    struct buf reply;
+    buf_init(&reply);
+    /* the client gives up waiting and closes; its request stays with us */
+    cr_assert_eq(net_status_client_request(c, 1, 300, &r, sizeof r, &reply), -ETIMEDOUT);
+    cr_assert_eq(reply.len, 0);
+    buf_deinit(&reply);
+    net_status_client_free(c);
+    srv_wait(&s, 1, 0, 1);
+    pthread_mutex_lock(&s.mu);
+    uint64_t gone = s.clients[0];
+    pthread_mutex_unlock(&s.mu);
+    cr_assert_eq(net_client_reply(s.net, gone, "late", 4), -ENOTCONN);
+    /* a new client never gets the old client's handle (nor its reply) */
+    struct raw_tls t;
+    cr_assert(raw_dial(&t, net_port(s.net), "client"));
+    raw_hello(&t, 0, cluster_id);
+    raw_frame(&t, NET_FRAME_CLIENT_REQ, &r, sizeof r);
+    srv_wait(&s, 2, 0, 1);
+    pthread_mutex_lock(&s.mu);
+    uint64_t fresh = s.clients[1];
+    pthread_mutex_unlock(&s.mu);
+    cr_assert_neq(fresh, gone);
+    cr_assert_eq(net_client_reply(s.net, gone, "late", 4), -ENOTCONN);
+    cr_assert_eq(net_client_reply(s.net, fresh, "fresh!!!", 8), 0);
+    raw_close(&t);
+    srv_stop(&s);
+    /* and once the net stopped, every client is gone */
+    struct srv s2;
+    srv_start(&s2, NET_CLIENT_IDLE_MS, true);
+    cr_assert(raw_dial(&t, net_port(s2.net), "client"));
+    raw_hello(&t, 0, cluster_id);
+    raw_frame(&t, NET_FRAME_CLIENT_REQ, &r, sizeof r);
+    srv_wait(&s2, 1, 0, 0);
+    net_stop(s2.net);
+    cr_assert_eq(net_client_reply(s2.net, s2.clients[0], "x", 1), -ENOTCONN);
+    raw_close(&t);
+    srv_stop(&s2);
+}
+
+Test(net, replies_a_client_does_not_read_are_bounded)
+{
+    struct srv s;
+    srv_start(&s, NET_CLIENT_IDLE_MS, true);
+    struct raw_tls t;
+    cr_assert(raw_dial(&t, net_port(s.net), "client"));
+    raw_hello(&t, 0, cluster_id);
+    for (uint64_t i = 0; i < 3; i++) {
+        struct test_req r = {8, 0, i};
+        raw_frame(&t, NET_FRAME_CLIENT_REQ, &r, sizeof r);
+    }
+    srv_wait(&s, 3, 0, 0);
+    /* two replies of the largest size wait for it; a third must wait for
+     * them (the kernel takes at most a few MiB of the first: the node's
+     * send buffer, and a receive window that grows only as the client reads) */
+    uint8_t *p = malloc(NET_CLIENT_REPLY_MAX);
+    for (uint32_t i = 0; i < 2; i++) {
+        fill(p, NET_CLIENT_REPLY_MAX, 9, i);
+        cr_assert_eq(net_client_reply(s.net, s.clients[i], p, NET_CLIENT_REPLY_MAX), 0);
+    }
+    fill(p, NET_CLIENT_REPLY_MAX, 9, 2);
+    cr_assert_eq(net_client_reply(s.net, s.clients[2], p, NET_CLIENT_REPLY_MAX), -EAGAIN);
+    /* the client reads: the third goes out after the first two, whole */
+    struct net_frame_rx rx;
+    net_frame_rx_init(&rx);
+    struct net_frame f;
+    cr_assert(raw_next_frame(&t, &rx, &f));
+    cr_assert_eq(f.type, NET_FRAME_HELLO);
+    for (uint32_t i = 0; i < 3; i++) {
+        if (i == 2) {
+            int rc;
+            uint64_t deadline = clock_now_ns() + 10 * SEC;
+            fill(p, NET_CLIENT_REPLY_MAX, 9, 2);
+            while ((rc = net_client_reply(s.net, s.clients[2], p, NET_CLIENT_REPLY_MAX)) ==
+                       -EAGAIN && clock_now_ns() < deadline)
+                usleep(1000);
+            cr_assert_eq(rc, 0);
+        }
+        cr_assert(raw_next_frame(&t, &rx, &f), "reply %u missing", i);
+        cr_assert_eq(f.type, NET_FRAME_CLIENT_REPLY);
+        cr_assert_eq(f.len, NET_CLIENT_REPLY_MAX);
+        fill(p, NET_CLIENT_REPLY_MAX, 9, i);
+        cr_assert_eq(memcmp(f.payload, p, f.len), 0, "reply %u", i);
+    }
+    net_frame_rx_deinit(&rx);
+    free(p);
+    raw_close(&t);
+    srv_stop(&s);
+}
+
+Test(net, an_8_mib_reply_arrives_whole)
+{
+    struct srv s;
+    srv_start(&s, NET_CLIENT_IDLE_MS, false);
+    struct net_status_client *c = srv_client(&s);
+    expect_answer(c, NET_CLIENT_REPLY_MAX, 0, 5, 20000);
+    expect_answer(c, 10, 0, 6, 5000); /* and the connection after it is fine */
+    net_status_client_free(c);
+    pthread_mutex_lock(&s.mu);
+    cr_assert_eq(s.rcs[0], 0);
+    pthread_mutex_unlock(&s.mu);
+    srv_stop(&s);
+}
+
+Test(net, a_client_request_over_64_kib_is_refused)
+{
+    struct srv s;
+    srv_start(&s, NET_CLIENT_IDLE_MS, true);
+    struct raw_tls t;
+    cr_assert(raw_dial(&t, net_port(s.net), "client"));
+    raw_hello(&t, 0, cluster_id);
+    uint8_t *p = calloc(1, NET_CLIENT_REQ_MAX + 1);
+    raw_frame(&t, NET_FRAME_CLIENT_REQ, p, NET_CLIENT_REQ_MAX + 1);
+    free(p);
+    cr_assert(raw_until_closed(&t), "the node kept a client sending an oversized request");
+    raw_close(&t);
+    srv_wait(&s, 0, 1, 1);
+    cr_assert_eq(srv_reqs(&s), 0, "the oversized request reached the handler");
+    srv_stop(&s);
+}
+
+Test(net, client_request_errors_name_the_cause)
+{
+    char err[256];
+    struct cluster_config cc;
+    memset(&cc, 0, sizeof cc);
+    memcpy(cc.cluster_id, cluster_id, 16);
+    cc.n_nodes = 2;
+    /* node 1: bound, not listening (refused); node 2: listening, silent */
+    int dead = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int mute = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET}, b = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = b.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(dead, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(bind(mute, (struct sockaddr *)&b, sizeof b), 0);
+    cr_assert_eq(listen(mute, 4), 0);
+    socklen_t al = sizeof a, bl = sizeof b;
+    getsockname(dead, (struct sockaddr *)&a, &al);
+    getsockname(mute, (struct sockaddr *)&b, &bl);
+    snprintf(cc.nodes[1].host, sizeof cc.nodes[1].host, "127.0.0.1");
+    cc.nodes[1].port = ntohs(a.sin_port);
+    snprintf(cc.nodes[2].host, sizeof cc.nodes[2].host, "127.0.0.1");
+    cc.nodes[2].port = ntohs(b.sin_port);
+    struct net_status_client *c;
+    cr_assert_eq(net_status_client_new(&cc, root, &c, err, sizeof err), 0, "%s", err);
+    struct buf reply;
+    buf_init(&reply);
+    cr_assert_eq(net_status_client_request_err(c, 1, 1000, "x", 1, &reply, err, sizeof err),
+                 -ECONNREFUSED, "%s", err);
+    cr_assert_eq(net_status_client_request_err(c, 2, 300, "x", 1, &reply, err, sizeof err),
+                 -ETIMEDOUT, "%s", err);
+    snprintf(cc.nodes[1].host, sizeof cc.nodes[1].host, "no-such-host.invalid");
+    net_status_client_free(c);
+    cr_assert_eq(net_status_client_new(&cc, root, &c, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(net_status_client_request_err(c, 1, 1000, "x", 1, &reply, err, sizeof err),
+                 -EHOSTUNREACH, "%s", err);
+    net_status_client_free(c);
+    close(dead);
+    close(mute);
+
+    /* a node that serves status but no requests closes the connection */
+    struct ep e;
+    struct net_config nc;
+    ep_config(&nc, 1, 1, "node1");
+    nc.on_status = srv_status;
+    ep_init(&e, 1, &nc);
+    cr_assert_eq(net_start(e.net), 0);
+    cc.n_nodes = 1;
+    snprintf(cc.nodes[1].host, sizeof cc.nodes[1].host, "127.0.0.1");
+    cc.nodes[1].port = net_port(e.net);
+    cr_assert_eq(net_status_client_new(&cc, root, &c, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(net_status_client_request_err(c, 1, 3000, "x", 1, &reply, err, sizeof err),
+                 -ECONNRESET, "%s", err);
+    cr_assert_eq(reply.len, 0);
+    net_status_client_free(c);
+    buf_deinit(&reply);
+    wait_stats(&e, 0, 1);
+    cr_assert(log_has("net protocol error node=1", "does not serve"));
+    ep_free(&e);
 }

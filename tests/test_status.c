@@ -161,6 +161,13 @@ static int fixed_status(void *ctx, struct net_status_reply *out)
     out->commit = 42;
     out->applied = 40 + nd->id;
     out->session = 1000 + nd->id;
+    out->snapshot_slot = 40;
+    out->log_first = 31;
+    out->xfer_state = NET_STATUS_XFER_IMAGE;
+    out->xfer_bytes_done = 5u << 20;
+    out->xfer_bytes_total = 50u << 20;
+    out->xfer_rate = 1u << 20;
+    out->blocks_repaired = 2;
     return 0;
 }
 
@@ -275,6 +282,14 @@ static void expect_status(struct net_status_client *c, uint32_t k)
     cr_assert_eq(r.applied, 40 + k);
     cr_assert_eq(r.session, 1000 + k);
     cr_assert(!r.failed);
+    cr_assert_eq(r.version, NET_STATUS_VERSION);
+    cr_assert_eq(r.snapshot_slot, 40);
+    cr_assert_eq(r.log_first, 31);
+    cr_assert_eq(r.xfer_state, NET_STATUS_XFER_IMAGE);
+    cr_assert_eq(r.xfer_bytes_done, 5u << 20);
+    cr_assert_eq(r.xfer_bytes_total, 50u << 20);
+    cr_assert_eq(r.xfer_rate, 1u << 20);
+    cr_assert_eq(r.blocks_repaired, 2);
 }
 
 /* ------------------------------------------------------------ raw clients */
@@ -370,15 +385,29 @@ static bool wait_stat(uint32_t k, uint64_t refused, uint64_t protocol_errors)
 
 /* ------------------------------------------------------------ the codec */
 
+static uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static struct net_status_reply sample_v2(void)
+{
+    return (struct net_status_reply){
+        .node = 3, .role = NET_STATUS_CANDIDATE, .leader = 0, .ballot = UINT64_MAX,
+        .commit = 5, .applied = 4, .session = 77, .failed = true,
+        .snapshot_slot = 1000, .log_first = 901, .xfer_state = NET_STATUS_XFER_BLOCKS,
+        .xfer_bytes_done = 123ull << 20, .xfer_bytes_total = 456ull << 20,
+        .xfer_rate = 210ull << 20, .blocks_repaired = 9};
+}
+
 Test(status, reply_round_trips_and_the_decoders_reject_bad_bytes)
 {
-    struct net_status_reply r = {.node = 3, .role = NET_STATUS_CANDIDATE, .leader = 0,
-                                 .ballot = UINT64_MAX, .commit = 5, .applied = 4,
-                                 .session = 77, .failed = true};
+    struct net_status_reply r = sample_v2();
     uint8_t b[NET_STATUS_REPLY_BYTES];
-    net_status_reply_encode(&r, b);
+    cr_assert_eq(net_status_reply_encode(&r, 1, b), NET_STATUS_REPLY_V1_BYTES);
     struct net_status_reply d;
-    cr_assert_eq(net_status_reply_decode(b, sizeof b, &d), 0);
+    cr_assert_eq(net_status_reply_decode(b, NET_STATUS_REPLY_V1_BYTES, &d), 0);
+    cr_assert_eq(d.version, 1);
     cr_assert_eq(d.node, 3);
     cr_assert_eq(d.role, NET_STATUS_CANDIDATE);
     cr_assert_eq(d.ballot, UINT64_MAX);
@@ -386,24 +415,31 @@ Test(status, reply_round_trips_and_the_decoders_reject_bad_bytes)
     cr_assert_eq(d.applied, 4);
     cr_assert_eq(d.session, 77);
     cr_assert(d.failed);
+    cr_assert_eq(d.snapshot_slot, 0, "a v1 reply has no snapshot fields");
+    cr_assert_eq(d.xfer_state, NET_STATUS_XFER_IDLE);
 
-    cr_assert_eq(net_status_reply_decode(b, sizeof b - 1, &d), -EBADMSG, "short");
+    const size_t v1 = NET_STATUS_REPLY_V1_BYTES;
+    cr_assert_eq(net_status_reply_decode(b, v1 - 1, &d), -EBADMSG, "short");
     uint8_t longer[NET_STATUS_REPLY_BYTES + 1] = {0};
-    memcpy(longer, b, sizeof b);
-    cr_assert_eq(net_status_reply_decode(longer, sizeof longer, &d), -EBADMSG, "long");
+    memcpy(longer, b, v1);
+    cr_assert_eq(net_status_reply_decode(longer, v1 + 1, &d), -EBADMSG, "long");
+    cr_assert_eq(net_status_reply_decode(longer, NET_STATUS_REPLY_V2_BYTES, &d), -EBADMSG,
+                 "a v1 reply with v2's length");
     uint8_t bad[NET_STATUS_REPLY_BYTES];
-    memcpy(bad, b, sizeof b);
-    bad[0] = 2; /* version */
-    cr_assert_eq(net_status_reply_decode(bad, sizeof bad, &d), -EBADMSG);
-    memcpy(bad, b, sizeof b);
+    memcpy(bad, b, v1);
+    bad[0] = 3; /* version */
+    cr_assert_eq(net_status_reply_decode(bad, v1, &d), -EBADMSG);
+    bad[0] = 2; /* v2 needs v2's length */
+    cr_assert_eq(net_status_reply_decode(bad, v1, &d), -EBADMSG);
+    memcpy(bad, b, v1);
     memset(bad + 4, 0, 4); /* node 0 */
-    cr_assert_eq(net_status_reply_decode(bad, sizeof bad, &d), -EBADMSG);
-    memcpy(bad, b, sizeof b);
+    cr_assert_eq(net_status_reply_decode(bad, v1, &d), -EBADMSG);
+    memcpy(bad, b, v1);
     bad[8] = 3; /* role */
-    cr_assert_eq(net_status_reply_decode(bad, sizeof bad, &d), -EBADMSG);
-    memcpy(bad, b, sizeof b);
+    cr_assert_eq(net_status_reply_decode(bad, v1, &d), -EBADMSG);
+    memcpy(bad, b, v1);
     bad[48] |= 2; /* unknown flag */
-    cr_assert_eq(net_status_reply_decode(bad, sizeof bad, &d), -EBADMSG);
+    cr_assert_eq(net_status_reply_decode(bad, v1, &d), -EBADMSG);
 
     uint8_t q[NET_STATUS_REQ_BYTES];
     uint32_t v;
@@ -413,6 +449,77 @@ Test(status, reply_round_trips_and_the_decoders_reject_bad_bytes)
     cr_assert_eq(net_status_req_decode(q, 3, &v), -EBADMSG);
     net_status_req_encode(0, q);
     cr_assert_eq(net_status_req_decode(q, sizeof q, &v), -EBADMSG);
+}
+
+Test(status, a_v2_reply_round_trips_with_its_snapshot_and_transfer_fields)
+{
+    struct net_status_reply r = sample_v2();
+    uint8_t b[NET_STATUS_REPLY_BYTES];
+    cr_assert_eq(net_status_reply_encode(&r, 2, b), NET_STATUS_REPLY_V2_BYTES);
+    struct net_status_reply d;
+    cr_assert_eq(net_status_reply_decode(b, NET_STATUS_REPLY_V2_BYTES, &d), 0);
+    cr_assert_eq(d.version, 2);
+    cr_assert_eq(d.node, 3);
+    cr_assert_eq(d.ballot, UINT64_MAX);
+    cr_assert(d.failed);
+    cr_assert_eq(d.snapshot_slot, 1000);
+    cr_assert_eq(d.log_first, 901);
+    cr_assert_eq(d.xfer_state, NET_STATUS_XFER_BLOCKS);
+    cr_assert_eq(d.xfer_bytes_done, 123ull << 20);
+    cr_assert_eq(d.xfer_bytes_total, 456ull << 20);
+    cr_assert_eq(d.xfer_rate, 210ull << 20);
+    cr_assert_eq(d.blocks_repaired, 9);
+    /* and encodes back to the same bytes: the fuzz target's canonical check */
+    uint8_t again[NET_STATUS_REPLY_BYTES];
+    cr_assert_eq(net_status_reply_encode(&d, d.version, again), NET_STATUS_REPLY_V2_BYTES);
+    cr_assert_eq(memcmp(again, b, NET_STATUS_REPLY_V2_BYTES), 0);
+
+    char note[96];
+    net_status_xfer_note(&d, note, sizeof note);
+    cr_assert_str_eq(note, "transfer 123/456 MiB 210 MiB/s");
+    d.xfer_bytes_total = 0;
+    net_status_xfer_note(&d, note, sizeof note);
+    cr_assert_str_eq(note, "transfer 123/? MiB 210 MiB/s");
+    d.xfer_state = NET_STATUS_XFER_IDLE;
+    net_status_xfer_note(&d, note, sizeof note);
+    cr_assert_str_eq(note, "");
+    cr_assert_str_eq(net_status_xfer_name(NET_STATUS_XFER_IMAGE), "receiving-image");
+}
+
+Test(status, v2_decoder_rejects_flipped_checked_bytes_and_wrong_lengths)
+{
+    struct net_status_reply r = sample_v2();
+    uint8_t b[NET_STATUS_REPLY_BYTES], bad[NET_STATUS_REPLY_BYTES + 1];
+    const size_t v2 = NET_STATUS_REPLY_V2_BYTES;
+    net_status_reply_encode(&r, 2, b);
+    struct net_status_reply d;
+    /* every bit of the checked fields (version, role, flags, transfer
+     * state): rejected unless the flip happens to make another valid value
+     * (a flipped counter is a different valid value: TLS guards those) */
+    static const size_t checked[] = {0, 1, 2, 3, 8, 9, 10, 11, 48, 49, 50, 51, 52, 53, 54, 55};
+    int rejected = 0;
+    for (size_t i = 0; i < sizeof checked / sizeof checked[0]; i++)
+        for (int bit = 0; bit < 8; bit++) {
+            memcpy(bad, b, v2);
+            bad[checked[i]] ^= (uint8_t)(1u << bit);
+            uint32_t version = le32(bad), role = le32(bad + 8), flags = le32(bad + 48),
+                     xfer = le32(bad + 52);
+            bool valid = version == 2 && role <= NET_STATUS_LEADER &&
+                         (flags & ~NET_STATUS_FLAG_FAILED) == 0 && xfer <= NET_STATUS_XFER_INSTALL;
+            int rc = net_status_reply_decode(bad, v2, &d);
+            cr_assert_eq(rc, valid ? 0 : -EBADMSG, "byte %zu bit %d", checked[i], bit);
+            rejected += rc != 0;
+        }
+    cr_assert_geq(rejected, 16 * 8 - 4);
+    memcpy(bad, b, v2);
+    memset(bad + 4, 0, 4);
+    cr_assert_eq(net_status_reply_decode(bad, v2, &d), -EBADMSG, "node 0");
+    cr_assert_eq(net_status_reply_decode(b, v2 - 1, &d), -EBADMSG, "short");
+    memcpy(bad, b, v2);
+    bad[v2] = 0;
+    cr_assert_eq(net_status_reply_decode(bad, v2 + 1, &d), -EBADMSG, "long");
+    cr_assert_eq(net_status_reply_decode(b, NET_STATUS_REPLY_V1_BYTES, &d), -EBADMSG,
+                 "a v2 reply cut to v1's length");
 }
 
 Test(status, a_client_identity_is_never_a_node_identity_and_back)
@@ -522,6 +629,62 @@ Test(status, a_node_without_on_status_refuses_clients)
     net_status_client_free(c);
     cr_assert(wait_stat(2, 1, 0));
     cr_assert(log_has("serves no status"));
+    stop_nodes();
+}
+
+/* The next frame from the node through rx: 1 and *f, or 0 if the stream
+ * ended or broke. */
+static int raw_next_frame(struct raw *t, struct net_frame_rx *rx, struct net_frame *f)
+{
+    for (int i = 0; i < 1000; i++) {
+        int rc = net_frame_rx_next(rx, f);
+        if (rc != 0)
+            return rc == 1;
+        uint8_t *p;
+        size_t room;
+        net_frame_rx_space(rx, &p, &room);
+        int r = SSL_read(t->ssl, p, room > 65536 ? 65536 : (int)room);
+        if (r <= 0)
+            return 0;
+        net_frame_rx_commit(rx, (size_t)r);
+    }
+    return 0;
+}
+
+Test(status, a_node_answers_each_client_in_the_newest_version_it_understands)
+{
+    /* an old client (v1) gets the 52-byte reply it knows; a newer one (v3)
+     * gets this node's newest, v2 */
+    start_nodes(true);
+    static const uint32_t asked[3] = {1, 2, 3};
+    static const uint32_t got[3] = {1, 2, 2};
+    for (int i = 0; i < 3; i++) {
+        struct raw t;
+        cr_assert(raw_dial(&t, cc.nodes[1].port, "client"));
+        raw_hello(&t, 0, cluster_id);
+        uint8_t req[NET_STATUS_REQ_BYTES];
+        net_status_req_encode(asked[i], req);
+        raw_frame(&t, NET_FRAME_STATUS_REQ, req, sizeof req);
+        struct net_frame_rx rx;
+        net_frame_rx_init(&rx);
+        struct net_frame f;
+        cr_assert(raw_next_frame(&t, &rx, &f));
+        cr_assert_eq(f.type, NET_FRAME_HELLO);
+        cr_assert(raw_next_frame(&t, &rx, &f));
+        cr_assert_eq(f.type, NET_FRAME_STATUS_REPLY);
+        struct net_status_reply r;
+        cr_assert_eq(net_status_reply_decode(f.payload, f.len, &r), 0);
+        cr_assert_eq(r.version, got[i], "asked %u", asked[i]);
+        cr_assert_eq(f.len, got[i] == 1 ? NET_STATUS_REPLY_V1_BYTES : NET_STATUS_REPLY_V2_BYTES);
+        cr_assert_eq(r.commit, 42);
+        if (got[i] == 2)
+            cr_assert_eq(r.snapshot_slot, 40, "the v2 fields on_status filled");
+        net_frame_rx_deinit(&rx);
+        raw_close(&t);
+    }
+    struct net_status_client *c = honest_client();
+    expect_status(c, 1);
+    net_status_client_free(c);
     stop_nodes();
 }
 

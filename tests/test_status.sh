@@ -6,10 +6,12 @@
 # 127.0.0.1 (ports from a random base in 20000-60000) and checks:
 #   1. status prints one row per node, exactly one leader, and exits 0
 #   2. --json prints one object with three reachable nodes and one leader
-#   3. a committed put shows up as commit >= 1 and lag 0 on every node
-#   4. with one replica SIGKILLed, status exits 1 and marks it unreachable
-#   5. --json marks it "reachable":false with an error
-#   6. bad usage and a cluster directory without client.crt exit 2, one line
+#   3. the table has a SNAPSHOT column ("-": none yet) and --json the status
+#      v2 fields (snapshot_slot, log_first, xfer_*, blocks_repaired)
+#   4. a committed put shows up as commit >= 1 and lag 0 on every node
+#   5. with one replica SIGKILLed, status exits 1 and marks it unreachable
+#   6. --json marks it "reachable":false with an error and null v2 fields
+#   7. bad usage and a cluster directory without client.crt exit 2, one line
 # Every process this script starts is killed by PID on exit (also when a
 # check fails) and the temporary directory removed. Every wait is bounded.
 set -u
@@ -35,7 +37,7 @@ cleanup() {
 trap cleanup EXIT
 
 n_check=0
-echo "1..6"
+echo "1..7"
 diag() { printf '%s\n' "$@" | sed 's/^/# /'; }
 check() { # check DESCRIPTION COMMAND...: ok if COMMAND succeeds
     local what=$1
@@ -126,7 +128,22 @@ json_ok() {
 }
 check "status --json prints one object with 3 reachable nodes and one leader" json_ok
 
-# 3. a put commits everywhere: commit >= 1, lag 0 (<= 20 s)
+# 3. the snapshot column and the v2 fields (these replicas take no snapshots)
+v2_fields() {
+    status
+    [ "$rc" = 0 ] || return 1
+    head -n 1 "$T/status.out" | grep -qE '^NODE +ADDRESS +REACHABLE +ROLE +BALLOT +COMMIT +APPLIED +LAG +SNAPSHOT$' ||
+        { diag "header: $(head -n 1 "$T/status.out")"; return 1; }
+    [ "$(grep -cE '^[123] +[^ ]+ +yes +[a-z]+ +[0-9.]+ +[0-9]+ +[0-9]+ +[0-9-]+ +- *$' \
+        "$T/status.out")" = 3 ] || { diag "$(cat "$T/status.out")"; return 1; }
+    status --json
+    [ "$rc" = 0 ] || return 1
+    [ "$(grep -o '"snapshot_slot":0,"log_first":[0-9]*,"xfer_state":"idle","xfer_bytes_done":0,"xfer_bytes_total":0,"xfer_rate":0,"blocks_repaired":0,"error":null' \
+        "$T/status.out" | wc -l)" = 3 ] || { diag "$(cat "$T/status.out")"; return 1; }
+}
+check "status shows a SNAPSHOT column and --json the v2 fields" v2_fields
+
+# 4. a put commits everywhere: commit >= 1, lag 0 (<= 20 s)
 committed() {
     echo "put status-key v" >&"${WFD[1]}"
     local i
@@ -148,7 +165,7 @@ committed() {
 }
 check "a committed put shows as commit >= 1 and lag 0 on every node" committed
 
-# 4. one replica killed: exit 1, its row says unreachable
+# 5. one replica killed: exit 1, its row says unreachable
 node_kill 3
 killed_shown() {
     status
@@ -173,11 +190,11 @@ json_killed() {
     [ "$rc" = 1 ] || return 1
     grep -q '{"node":3,"address":"127.0.0.1:[0-9]*","reachable":false,"role":null,' \
         "$T/status.out" || return 1
-    grep -q '"error":"cannot connect' "$T/status.out"
+    grep -q '"blocks_repaired":null,"error":"cannot connect' "$T/status.out"
 }
 check "status --json marks node 3 reachable:false with the reason" json_killed
 
-# 6. bad usage and an old cluster directory: exit 2 with one line on stderr
+# 7. bad usage and an old cluster directory: exit 2 with one line on stderr
 usage_errors() {
     "$PAXFS" status >/dev/null 2>"$T/e1"
     [ $? = 2 ] && [ "$(wc -l <"$T/e1")" = 1 ] && grep -q 'missing --config' "$T/e1" || return 1

@@ -97,9 +97,10 @@ static const char status_usage_text[] =
     "\n"
     "Asks every node of the cluster for its state over mutual TLS, presenting\n"
     "DIR/client.crt and DIR/client.key, and prints one row per node: reachable,\n"
-    "role, ballot, commit (highest chosen slot), applied slot, and lag (the\n"
-    "leader's commit minus the node's applied slot). A node that does not answer\n"
-    "within 2 s is unreachable.\n"
+    "role, ballot, commit (highest chosen slot), applied slot, lag (the leader's\n"
+    "commit minus the node's applied slot) and its newest snapshot's slot, with a\n"
+    "note while it receives a snapshot transfer (MiB done/total, rate). A node\n"
+    "that does not answer within 2 s is unreachable.\n"
     "  --json    one JSON object: {\"nodes\":[{\"node\":1,\"reachable\":true,...}]}\n"
     "\n"
     "Exit status: 0 every node answered, 1 a node is unreachable or its replica\n"
@@ -621,7 +622,10 @@ static void print_json(const struct cluster_config *cc, const struct node_query 
         json_string(addr);
         if (q->rc != 0) {
             printf(",\"reachable\":false,\"role\":null,\"leader\":null,\"ballot\":null,"
-                   "\"commit\":null,\"applied\":null,\"lag\":null,\"failed\":null,\"error\":");
+                   "\"commit\":null,\"applied\":null,\"lag\":null,\"failed\":null,"
+                   "\"snapshot_slot\":null,\"log_first\":null,\"xfer_state\":null,"
+                   "\"xfer_bytes_done\":null,\"xfer_bytes_total\":null,\"xfer_rate\":null,"
+                   "\"blocks_repaired\":null,\"error\":");
             json_string(q->err);
             putchar('}');
             continue;
@@ -637,7 +641,19 @@ static void print_json(const struct cluster_config *cc, const struct node_query 
             printf("%" PRIu64, lag_of(qs, leader, k));
         else
             printf("null");
-        printf(",\"failed\":%s,\"error\":null}", r->failed ? "true" : "false");
+        printf(",\"failed\":%s", r->failed ? "true" : "false");
+        if (r->version >= 2) /* a node of an older paxfs answers version 1: no such fields */
+            printf(",\"snapshot_slot\":%" PRIu64 ",\"log_first\":%" PRIu64
+                   ",\"xfer_state\":\"%s\",\"xfer_bytes_done\":%" PRIu64
+                   ",\"xfer_bytes_total\":%" PRIu64 ",\"xfer_rate\":%" PRIu64
+                   ",\"blocks_repaired\":%" PRIu64, r->snapshot_slot, r->log_first,
+                   net_status_xfer_name(r->xfer_state), r->xfer_bytes_done, r->xfer_bytes_total,
+                   r->xfer_rate, r->blocks_repaired);
+        else
+            printf(",\"snapshot_slot\":null,\"log_first\":null,\"xfer_state\":null,"
+                   "\"xfer_bytes_done\":null,\"xfer_bytes_total\":null,\"xfer_rate\":null,"
+                   "\"blocks_repaired\":null");
+        printf(",\"error\":null}");
     }
     printf("]}\n");
 }
@@ -645,8 +661,8 @@ static void print_json(const struct cluster_config *cc, const struct node_query 
 static void print_table(const struct cluster_config *cc, const struct node_query *qs,
                         uint32_t leader)
 {
-    printf("%-5s %-22s %-10s %-10s %-10s %-10s %-10s %s\n", "NODE", "ADDRESS", "REACHABLE",
-           "ROLE", "BALLOT", "COMMIT", "APPLIED", "LAG");
+    printf("%-5s %-22s %-10s %-10s %-10s %-10s %-10s %-10s %s\n", "NODE", "ADDRESS",
+           "REACHABLE", "ROLE", "BALLOT", "COMMIT", "APPLIED", "LAG", "SNAPSHOT");
     uint32_t up = 0;
     for (uint32_t k = 1; k <= cc->n_nodes; k++) {
         const struct node_query *q = &qs[k];
@@ -654,12 +670,12 @@ static void print_table(const struct cluster_config *cc, const struct node_query
         char addr[CONFIG_HOST_BYTES + 16];
         config_node_addr(&cc->nodes[k], addr, sizeof addr);
         if (q->rc != 0) {
-            printf("%-5u %-22s %-10s %-10s %-10s %-10s %-10s %-4s %s\n", k, addr, "no", "-", "-",
-                   "-", "-", "-", q->err);
+            printf("%-5u %-22s %-10s %-10s %-10s %-10s %-10s %-10s %-8s %s\n", k, addr, "no", "-",
+                   "-", "-", "-", "-", "-", q->err);
             continue;
         }
         up++;
-        char ballot[48], lag[24];
+        char ballot[48], lag[24], snap[24], note[96];
         /* a ballot is (round, node): round.node reads better than the packed integer */
         snprintf(ballot, sizeof ballot, "%" PRIu64 ".%u", ballot_round(r->ballot),
                  ballot_node(r->ballot));
@@ -667,8 +683,14 @@ static void print_table(const struct cluster_config *cc, const struct node_query
             snprintf(lag, sizeof lag, "%" PRIu64, lag_of(qs, leader, k));
         else
             snprintf(lag, sizeof lag, "-");
-        printf("%-5u %-22s %-10s %-10s %-10s %-10" PRIu64 " %-10" PRIu64 " %s%s\n", k, addr,
-               "yes", net_status_role_name(r->role), ballot, r->commit, r->applied, lag,
+        if (r->snapshot_slot)
+            snprintf(snap, sizeof snap, "%" PRIu64, r->snapshot_slot);
+        else
+            snprintf(snap, sizeof snap, "-");
+        net_status_xfer_note(r, note, sizeof note);
+        printf("%-5u %-22s %-10s %-10s %-10s %-10" PRIu64 " %-10" PRIu64 " %-10s %s%s%s%s\n", k,
+               addr, "yes", net_status_role_name(r->role), ballot, r->commit, r->applied, lag,
+               snap, note[0] ? "  " : "", note,
                r->failed ? "  FAILED: the replica stopped on an error, see its log" : "");
     }
     if (leader)

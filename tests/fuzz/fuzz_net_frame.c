@@ -4,8 +4,8 @@
  * and how the rest of the input is cut into reads; the rest is the byte
  * stream a peer sent. Every frame handed out must be within the bounds, the
  * decoder must never read or write outside its buffers, and once it fails it
- * stays failed. HELLO, STATUS_REQ and STATUS_REPLY payloads (net/status.h)
- * go through their decoders too. The same bytes fed in one piece must give the same frames. */
+ * stays failed. HELLO, STATUS_REQ and STATUS_REPLY payloads (net/status.h,
+ * replies of versions 1 and 2) go through their decoders too. The same bytes fed in one piece must give the same frames. */
 #include "net/frame.h"
 #include "net/status.h"
 
@@ -32,9 +32,13 @@ static void check_status_reply(const uint8_t *p, size_t len)
     check(rc == 0 || rc == -EBADMSG);
     if (rc == 0) {
         uint8_t again[NET_STATUS_REPLY_BYTES];
-        check(len == NET_STATUS_REPLY_BYTES && r.node != 0 && r.role <= NET_STATUS_LEADER);
-        net_status_reply_encode(&r, again);
+        check((r.version == 1 && len == NET_STATUS_REPLY_V1_BYTES) ||
+              (r.version == 2 && len == NET_STATUS_REPLY_V2_BYTES));
+        check(r.node != 0 && r.role <= NET_STATUS_LEADER && r.xfer_state <= NET_STATUS_XFER_INSTALL);
+        check(net_status_reply_encode(&r, r.version, again) == len);
         check(memcmp(again, p, len) == 0);
+        char note[128];
+        net_status_xfer_note(&r, note, sizeof note);
     }
 }
 
