@@ -43,6 +43,8 @@
 #define FUSE_USE_VERSION 312
 
 #include "fs/mount.h"
+#include "fs/fsck.h"
+#include "fs/transfer.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -104,6 +106,9 @@ struct mnt_options {
     bool debug;
     size_t cache_bytes;
     uint32_t op_timeout_ms; /* 0: the cluster's op_timeout_s */
+    uint64_t snapshot_every_slots; /* 0: the replica's default */
+    uint64_t log_slack_slots;      /* 0: the replica's default */
+    uint64_t transfer_rate_max;    /* bytes/s of a snapshot transfer, 0: unlimited */
 };
 
 /* One queued invalidation: an inode (attributes and data) or an entry. */
@@ -129,6 +134,15 @@ struct mnt {
     struct fsm *fsm;
     struct host *host;
     struct replica *replica;
+    struct xfer *_Atomic xfer; /* set once the host is up */
+    struct fsck_server *_Atomic fsck;
+    /* Blocks of the two newest snapshot images hold a store reference each
+     * (pins), so that garbage collection keeps what a restart from either
+     * snapshot, or a peer's transfer of it, needs. Replica thread. */
+    struct pins {
+        struct store_name *v;
+        size_t n, cap;
+    } pins[2];
     struct fuse_session *se;
 
     /* open handles per inode (invariant 4) */
@@ -497,13 +511,150 @@ static void wait_invalidations(struct mnt *m)
 static int64_t sm_apply(void *ctx, uint64_t slot, const uint8_t *data, size_t len)
 {
     struct mnt *m = ctx;
-    (void)slot;
+    if (fsck_server_apply(atomic_load(&m->fsck), slot, data, len))
+        return 0; /* an fsck mark: digests recorded, the state unchanged */
     struct fsm_changes ch;
     memset(&ch, 0, sizeof ch);
     int64_t result = fsm_apply(m->fsm, data, len, &ch);
     if (atomic_load(&m->notify_on))
         queue_changes(m, data, len, &ch);
     return result;
+}
+
+/* ---- snapshots ------------------------------------------------------------ */
+
+static int pin_block(void *ctx, uint64_t ino, uint64_t index, const struct store_name *name,
+                     uint32_t len)
+{
+    (void)ino;
+    (void)index;
+    (void)len;
+    struct pins *p = ctx;
+    if (p->n == p->cap) {
+        p->cap = p->cap ? 2 * p->cap : 256;
+        p->v = realloc(p->v, p->cap * sizeof *p->v);
+        ASSERT(p->v != NULL);
+    }
+    p->v[p->n++] = *name;
+    return 0;
+}
+
+static void pins_drop(struct mnt *m, struct pins *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        store_unref(m->store, &p->v[i]);
+    free(p->v);
+    memset(p, 0, sizeof *p);
+}
+
+/* The image is the newest snapshot's: pin its blocks, unpin the oldest. */
+static void pin_image(struct mnt *m, const uint8_t *image, size_t len)
+{
+    struct pins p = {0};
+    if (fsm_image_blocks(image, len, pin_block, &p) != 0) {
+        free(p.v);
+        return;
+    }
+    for (size_t i = 0; i < p.n; i++)
+        store_ref(m->store, &p.v[i]);
+    pins_drop(m, &m->pins[1]);
+    m->pins[1] = m->pins[0];
+    m->pins[0] = p;
+}
+
+static int sm_snapshot(void *ctx, struct buf *out)
+{
+    struct mnt *m = ctx;
+    size_t start = out->len;
+    int rc = fsm_image_encode(m->fsm, out);
+    if (rc == 0)
+        pin_image(m, out->data + start, out->len - start);
+    return rc;
+}
+
+static int sm_restore(void *ctx, const uint8_t *image, size_t len)
+{
+    struct mnt *m = ctx;
+    int rc = fsm_image_restore(m->fsm, image, len);
+    if (rc != 0)
+        return rc;
+    pin_image(m, image, len);
+    /* Everything may have changed. The root's attributes go now; other
+     * cached entries and attributes expire within MNT_CACHE_TIMEOUT_S. */
+    if (atomic_load(&m->notify_on))
+        inval_push(m, false, FSM_ROOT_INO, NULL, 0);
+    return 0;
+}
+
+/* Before the log that could redo them goes: the deferred block writes
+ * become durable, and blocks nothing references any more (neither the
+ * state nor the two newest snapshots) are collected. */
+static int sm_sync(void *ctx)
+{
+    struct mnt *m = ctx;
+    int rc = store_sync(m->store);
+    if (rc == 0)
+        rc = store_gc(m->store, NULL);
+    return rc;
+}
+
+static void sm_snapshot_needed(void *ctx, uint32_t from, uint64_t slot)
+{
+    struct mnt *m = ctx;
+    struct xfer *x = atomic_load(&m->xfer);
+    if (x)
+        xfer_snapshot_needed(x, from, slot);
+}
+
+static void on_peer_frame(void *ctx, uint32_t from, uint8_t type, const uint8_t *payload,
+                          size_t len)
+{
+    struct mnt *m = ctx;
+    struct xfer *x = atomic_load(&m->xfer);
+    if (x && type == NET_FRAME_BULK)
+        xfer_on_frame(x, from, payload, len);
+}
+
+static int fsck_reply(void *ctx, uint64_t client, const void *payload, size_t len)
+{
+    struct mnt *m = ctx;
+    return net_client_reply(host_net(m->host), client, payload, len);
+}
+
+static void on_client_req(void *ctx, uint64_t client, const uint8_t *payload, size_t len)
+{
+    struct mnt *m = ctx;
+    struct fsck_server *f = atomic_load(&m->fsck);
+    if (f) {
+        fsck_server_request(f, client, payload, len);
+    } else {
+        uint8_t busy[4];
+        le_put_u32(busy, (uint32_t)-EBUSY); /* starting or stopping */
+        fsck_reply(m, client, busy, sizeof busy);
+    }
+}
+
+static int send_bulk(void *ctx, uint32_t to, const void *payload, size_t len)
+{
+    struct mnt *m = ctx;
+    return host_send_frame(m->host, to, NET_FRAME_BULK, payload, len);
+}
+
+static void status_extra(void *ctx, struct net_status_reply *out)
+{
+    struct mnt *m = ctx;
+    struct xfer *x = atomic_load(&m->xfer);
+    if (x) {
+        struct xfer_progress p;
+        xfer_get_progress(x, &p);
+        out->xfer_state = (enum net_status_xfer)p.state;
+        out->xfer_bytes_done = p.bytes_done;
+        out->xfer_bytes_total = p.bytes_total;
+        out->xfer_rate = p.rate;
+    }
+    struct store_stats st;
+    store_get_stats(m->store, &st);
+    out->blocks_repaired = st.repaired;
 }
 
 /* ---- orphan release ----------------------------------------------------- */
@@ -1358,6 +1509,12 @@ static const char mnt_usage_text[] =
     "                  cache_mb=N             block cache in MiB (default 64)\n"
     "                  op_timeout=SECONDS     mutations fail with EIO after this long\n"
     "                                         without a quorum (default: cluster.conf)\n"
+    "                  snapshot_every=SLOTS   snapshot and compact the log every SLOTS\n"
+    "                                         applied entries (default 10000)\n"
+    "                  log_slack=SLOTS        entries kept before a snapshot for briefly\n"
+    "                                         lagging peers (default 1000)\n"
+    "                  transfer_mb_s=N        cap a snapshot transfer to this node at N\n"
+    "                                         MB/s (default 0: no cap)\n"
     "                  debug                  debug log lines\n"
     "\n"
     "Stop with fusermount3 -u MOUNTPOINT, or SIGTERM/SIGINT to the daemon.\n";
@@ -1427,10 +1584,34 @@ static int parse_one_option(struct mnt_options *o, const char *opt)
         o->op_timeout_ms = secs * 1000;
         return 0;
     }
+    if (KEY_IS("snapshot_every") && val) {
+        uint32_t v;
+        if (parse_u32(val, 1, 1u << 30, &v) != 0)
+            return mnt_usage_error("bad -o snapshot_every=%s: use a number of log entries, "
+                                   "1..1073741824", val);
+        o->snapshot_every_slots = v;
+        return 0;
+    }
+    if (KEY_IS("log_slack") && val) {
+        uint32_t v;
+        if (parse_u32(val, 1, 1u << 30, &v) != 0)
+            return mnt_usage_error("bad -o log_slack=%s: use a number of log entries, "
+                                   "1..1073741824", val);
+        o->log_slack_slots = v;
+        return 0;
+    }
+    if (KEY_IS("transfer_mb_s") && val) {
+        uint32_t v;
+        if (parse_u32(val, 0, 1u << 20, &v) != 0)
+            return mnt_usage_error("bad -o transfer_mb_s=%s: use a number of MB/s, 0..1048576",
+                                   val);
+        o->transfer_rate_max = (uint64_t)v * 1000000u;
+        return 0;
+    }
 #undef KEY_IS
     return mnt_usage_error("unknown or malformed mount option '%s': valid are consistency=MODE, "
                            "allow_other, default_permissions, cache_mb=N, op_timeout=SECONDS, "
-                           "debug", opt);
+                           "snapshot_every=SLOTS, log_slack=SLOTS, transfer_mb_s=N, debug", opt);
 }
 
 static int parse_options(struct mnt_options *o, const char *list)
@@ -1577,7 +1758,7 @@ static int check_mountpoint(const char *mp, char *resolved)
 
 /* A data directory of another cluster is refused before anything in it is
  * touched (host_open checks it too, but only after the store is open). */
-static int check_data_dir(const char *data_dir, const struct cluster_config *cc)
+static int check_data_dir(const char *data_dir, const struct cluster_config *cc, uint32_t node)
 {
     struct stat st;
     if (stat(data_dir, &st) != 0) {
@@ -1594,8 +1775,11 @@ static int check_data_dir(const char *data_dir, const struct cluster_config *cc)
         return errno == ENOENT ? 0
                                : mnt_usage_error("cannot read %s: %s", path, strerror(errno));
     char have[64] = "";
+    unsigned have_node = 0, have_n = 0;
     if (!fgets(have, sizeof have, f))
         have[0] = 0;
+    if (fscanf(f, "node %u of %u", &have_node, &have_n) != 2)
+        have_node = 0; /* a directory from before the line existed */
     fclose(f);
     have[strcspn(have, "\n")] = 0;
     char want[33];
@@ -1603,6 +1787,9 @@ static int check_data_dir(const char *data_dir, const struct cluster_config *cc)
     if (strcmp(have, want) != 0)
         return mnt_usage_error("data directory %s belongs to cluster %s, not %s: use an empty "
                                "directory for this cluster", data_dir, have, want);
+    if (have_node && have_node != node)
+        return mnt_usage_error("data directory %s belongs to node %u, not node %u: use that "
+                               "node's data directory, or an empty one", data_dir, have_node, node);
     return 0;
 }
 
@@ -1701,9 +1888,26 @@ static void mnt_teardown(struct mnt *m)
         pthread_join(m->orphan_thread, NULL);
         m->orphan_running = false;
     }
+    /* Nothing new reaches fsck or the transfers; what runs there ends once
+     * the replica stops; the net thread may still be inside a callback
+     * until host_close, so the memory goes only after that. */
+    struct fsck_server *f = atomic_exchange(&m->fsck, NULL);
+    struct xfer *x = atomic_exchange(&m->xfer, NULL);
+    if (m->replica)
+        replica_stop(m->replica);
+    if (x)
+        xfer_stop(x); /* a transfer stops where it is; it resumes at the next start */
+    if (f)
+        fsck_server_stop(f);
     host_close(m->host); /* stops the replica, syncs the WAL */
+    fsck_server_free(f);
     m->host = NULL;
     m->replica = NULL;
+    if (m->store)
+        store_set_repair(m->store, NULL, NULL);
+    xfer_free(x);
+    pins_drop(m, &m->pins[0]);
+    pins_drop(m, &m->pins[1]);
     fsm_free(m->fsm);
     m->fsm = NULL;
     store_close(m->store);
@@ -1776,12 +1980,58 @@ static int open_node(struct mnt *m, const struct cluster_config *cc, char *err, 
         snprintf(err, errlen, "cannot create the filesystem state: %s", strerror(-rc));
         return rc;
     }
-    struct host_options ho = {o->config_path, o->node, o->data_dir, {m, sm_apply},
-                              o->op_timeout_ms};
+    struct host_options ho = {
+        .config_path = o->config_path,
+        .node = o->node,
+        .data_dir = o->data_dir,
+        .sm = {m, sm_apply, sm_snapshot, sm_restore, sm_sync, sm_snapshot_needed},
+        .op_timeout_ms = o->op_timeout_ms,
+        .snapshot_every_slots = o->snapshot_every_slots,
+        .log_slack_slots = o->log_slack_slots,
+        .on_peer_frame = on_peer_frame,
+        .on_client_req = on_client_req,
+        .status_extra = status_extra,
+        .ctx = m,
+    };
     rc = host_open(&ho, &m->host, err, errlen);
     if (rc != 0)
         return rc;
     m->replica = host_replica(m->host);
+    struct xfer_options xo = {
+        .node = o->node,
+        .n_nodes = cc->n_nodes,
+        .send = send_bulk,
+        .send_ctx = m,
+        .store = m->store,
+        .replica = m->replica,
+        .rate_max = o->transfer_rate_max,
+    };
+    struct xfer *x;
+    rc = xfer_new(&xo, &x);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start the snapshot transfer threads: %s", strerror(-rc));
+        return rc;
+    }
+    atomic_store(&m->xfer, x);
+    store_set_repair(m->store, xfer_fetch_block, x);
+    const char *hooks = getenv("PAXFS_TEST_HOOKS");
+    struct fsck_server_options fo = {
+        .node = o->node,
+        .fsm = m->fsm,
+        .store = m->store,
+        .replica = m->replica,
+        .xfer = x,
+        .reply = fsck_reply,
+        .reply_ctx = m,
+        .test_hooks = hooks && strcmp(hooks, "1") == 0,
+    };
+    struct fsck_server *f;
+    rc = fsck_server_new(&fo, &f);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start the fsck thread: %s", strerror(-rc));
+        return rc;
+    }
+    atomic_store(&m->fsck, f);
     return 0;
 }
 
@@ -1989,7 +2239,7 @@ int mnt_main(int argc, char **argv)
     rc = check_mountpoint(o.mountpoint, mp);
     if (rc != 0)
         return rc;
-    rc = check_data_dir(o.data_dir, &cc);
+    rc = check_data_dir(o.data_dir, &cc, o.node);
     if (rc != 0)
         return rc;
     char *config_abs = absolute(o.config_path), *data_abs = absolute(o.data_dir);

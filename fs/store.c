@@ -587,7 +587,7 @@ static void coder_free(struct coder *c)
 
 struct store_counters {
     _Atomic uint64_t puts, dedup_hits, writes, bytes_plain, bytes_stored, gets, cache_hits,
-        cache_misses, corrupt_detected, gc_freed;
+        cache_misses, corrupt_detected, gc_freed, repaired;
 };
 
 struct store {
@@ -601,6 +601,8 @@ struct store {
     struct cache cache;
     struct coder_pool pool;
     struct store_counters st;
+    _Atomic(store_repair_fn) repair; /* set once, after open */
+    void *repair_ctx;
 };
 
 static struct ref_stripe *stripe_of(struct store *s, const struct store_name *n)
@@ -1076,7 +1078,8 @@ static int load_verified(struct store *s, struct coder *c, const struct store_na
     return rc;
 }
 
-int store_get(struct store *s, const struct store_name *name, void *out, size_t cap, size_t *len)
+static int get_once(struct store *s, const struct store_name *name, void *out, size_t cap,
+                    size_t *len)
 {
     int rc = cache_get(&s->cache, name, out, cap, len);
     if (rc == 0 || rc == -ENOBUFS) {
@@ -1105,6 +1108,31 @@ int store_get(struct store *s, const struct store_name *name, void *out, size_t 
     return rc;
 }
 
+void store_set_repair(struct store *s, store_repair_fn fn, void *ctx)
+{
+    s->repair_ctx = ctx;
+    atomic_store(&s->repair, fn);
+}
+
+int store_get(struct store *s, const struct store_name *name, void *out, size_t cap, size_t *len)
+{
+    int rc = get_once(s, name, out, cap, len);
+    store_repair_fn repair = atomic_load(&s->repair);
+    if ((rc == -ENOENT || rc == -EBADMSG) && repair) {
+        /* Missing, or corrupt and now quarantined: fetch it from a peer
+         * (which verifies it against its name) and read again. */
+        int fetched = repair(s->repair_ctx, name);
+        if (fetched == 0) {
+            count(&s->st.repaired, 1);
+            rc = get_once(s, name, out, cap, len);
+        }
+        char hex[STORE_NAME_HEX_LEN + 1];
+        store_name_hex(name, hex);
+        LOG_W("store_repair node=%u block=%s fetched=%d rc=%d", s->node_id, hex, fetched, rc);
+    }
+    return rc;
+}
+
 int store_get_encoded(struct store *s, const struct store_name *name, void *out, size_t cap,
                       size_t *len)
 {
@@ -1122,6 +1150,32 @@ int store_get_encoded(struct store *s, const struct store_name *name, void *out,
         *len = file_len;
     }
     coder_put(s, c);
+    return rc;
+}
+
+int store_read_file(struct store *s, const struct store_name *name, void *out, size_t cap,
+                    size_t *len)
+{
+    char path[PATH_LEN];
+    block_path(name, path);
+    int fd = openat(s->blocks_fd, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? -ENOENT : -errno;
+    struct stat sb;
+    int rc = fstat(fd, &sb) == 0 ? 0 : -errno;
+    if (rc == 0 && (sb.st_size <= STORE_HDR_LEN ||
+                    (uint64_t)sb.st_size > store_file_max(s->block_size)))
+        rc = -EBADMSG;
+    if (rc == 0 && (size_t)sb.st_size > cap)
+        rc = -ENOBUFS;
+    if (rc == 0)
+        rc = read_exact(fd, out, (size_t)sb.st_size);
+    close(fd);
+    struct store_block_hdr h;
+    if (rc == 0)
+        rc = store_block_hdr_decode(out, (size_t)sb.st_size, &h);
+    if (rc == 0)
+        *len = (size_t)sb.st_size;
     return rc;
 }
 
@@ -1298,6 +1352,7 @@ void store_get_stats(struct store *s, struct store_stats *out)
         .cache_hits = atomic_load(&c->cache_hits),
         .cache_misses = atomic_load(&c->cache_misses),
         .corrupt_detected = atomic_load(&c->corrupt_detected),
+        .repaired = atomic_load(&c->repaired),
         .gc_freed = atomic_load(&c->gc_freed),
     };
 }

@@ -164,6 +164,7 @@ struct store_stats {
     uint64_t cache_misses;
     uint64_t corrupt_detected; /* block files that failed verification */
     uint64_t gc_freed;         /* block files unlinked by store_gc */
+    uint64_t repaired;         /* missing or corrupt blocks store_get fetched */
 };
 
 struct store;
@@ -221,11 +222,20 @@ int store_put_encoded_trusted(struct store *s, const struct store_name *name,
 int store_encode(struct store *s, const void *data, size_t len, struct store_name *out_name,
                  void *out, size_t cap, size_t *out_len);
 
+/* Where store_get turns for a block that is missing or fails verification
+ * (a peer, fs/transfer.h): fn fetches it and stores it under its name
+ * (store_put_encoded, which verifies it, then store_unref of the reference
+ * that put added) and returns 0, after which store_get reads it again and
+ * counts it in `repaired`. Set once, before concurrent use. */
+typedef int (*store_repair_fn)(void *ctx, const struct store_name *name);
+void store_set_repair(struct store *s, store_repair_fn fn, void *ctx);
+
 /* Reads the block called name into out[0..cap) and its length into *len.
  * -ENOENT: no such block. -EBADMSG: the file failed verification (it is
  * moved to ROOT/corrupt/; a second get returns -ENOENT). Both mean "fetch it
- * from a peer". -ENOBUFS if the block is longer than cap. Served from the
- * LRU cache when there; only verified blocks enter the cache. */
+ * from a peer", which store_get does itself when a repair source is set.
+ * -ENOBUFS if the block is longer than cap. Served from the LRU cache when
+ * there; only verified blocks enter the cache. */
 int store_get(struct store *s, const struct store_name *name, void *out, size_t cap,
               size_t *len);
 
@@ -234,6 +244,14 @@ int store_get(struct store *s, const struct store_name *name, void *out, size_t 
  * quarantine). cap >= store_file_max(block_size) always suffices. */
 int store_get_encoded(struct store *s, const struct store_name *name, void *out,
                       size_t cap, size_t *len);
+
+/* Reads the block file of name as stored, checking only its header and
+ * length, not its payload: for shipping to a peer that verifies everything
+ * on arrival (store_put_encoded), so the hash is computed once per transfer,
+ * not twice. Never use it to return data. -ENOENT, -EBADMSG (bad header or
+ * size), -ENOBUFS. */
+int store_read_file(struct store *s, const struct store_name *name, void *out, size_t cap,
+                    size_t *len);
 
 /* Verifies the block file of name from disk, bypassing the cache: 0,
  * -ENOENT or -EBADMSG. Reports only: moves nothing (for fsck). */

@@ -25,6 +25,8 @@
 #include "base/buf.h"
 #include "consensus/ballot.h"
 #include "fs/mount.h"
+#include "tools/cli.h"
+#include "tools/fsck_cmd.h"
 #include "fs/store.h"
 #include "net/config.h"
 #include "net/pki.h"
@@ -53,12 +55,10 @@ _Static_assert(STORE_BLOCK_SIZE_MIN == CONFIG_BLOCK_SIZE_MIN &&
                STORE_BLOCK_SIZE_MAX == CONFIG_BLOCK_SIZE_MAX,
                "cluster.conf and the block store must agree on block sizes");
 
-#define EXIT_USAGE 2
 #define PORT_BASE_DEFAULT 7400u
 #define NODES_DEFAULT 3u
 #define PATH_BYTES 4096
 #define FILES_MAX (2 * CONFIG_NODES_MAX + 5)
-#define EXIT_FINDING 1
 #define STATUS_TIMEOUT_MS 2000u
 
 static const char usage_text[] =
@@ -166,24 +166,6 @@ static bool parse_size(const char *s, uint32_t *out)
     return true;
 }
 
-/* Matches "--name VALUE" and "--name=VALUE"; advances *i past the value. */
-static int option_value(int argc, char **argv, int *i, const char *name, const char **value)
-{
-    const char *a = argv[*i];
-    size_t n = strlen(name);
-    if (strncmp(a, name, n) != 0)
-        return 0;
-    if (a[n] == '=') {
-        *value = a + n + 1;
-        return 1;
-    }
-    if (a[n] != '\0')
-        return 0;
-    if (*i + 1 >= argc)
-        return -1;
-    *value = argv[++*i];
-    return 1;
-}
 
 /* 0 parsed, 1 help printed, or an exit code after printing the error. */
 static int init_parse(int argc, char **argv, struct init_opts *o)
@@ -201,22 +183,22 @@ static int init_parse(int argc, char **argv, struct init_opts *o)
             fputs(init_usage_text, stdout);
             return 1;
         }
-        if ((m = option_value(argc, argv, &i, "--nodes", &v)) != 0) {
+        if ((m = cli_option_value(argc, argv, &i, "--nodes", &v)) != 0) {
             if (m < 0 || !parse_u32(v, &o->nodes) || o->nodes < 1 || o->nodes > CONFIG_NODES_MAX)
                 return usage_error("init: --nodes needs an integer in 1..%u, got '%s'",
                                    CONFIG_NODES_MAX, m < 0 ? "" : v);
             nodes_given = true;
-        } else if ((m = option_value(argc, argv, &i, "--host", &v)) != 0) {
+        } else if ((m = cli_option_value(argc, argv, &i, "--host", &v)) != 0) {
             if (m < 0 || !*v)
                 return usage_error("init: --host needs a host name or address");
             if (o->n_hosts == CONFIG_NODES_MAX)
                 return usage_error("init: --host given more than %u times", CONFIG_NODES_MAX);
             o->hosts[o->n_hosts++] = v;
-        } else if ((m = option_value(argc, argv, &i, "--port", &v)) != 0) {
+        } else if ((m = cli_option_value(argc, argv, &i, "--port", &v)) != 0) {
             if (m < 0 || !parse_u32(v, &o->port_base) || o->port_base < 1 || o->port_base > 65535)
                 return usage_error("init: --port needs a port number in 1..65535, got '%s'",
                                    m < 0 ? "" : v);
-        } else if ((m = option_value(argc, argv, &i, "--block-size", &v)) != 0) {
+        } else if ((m = cli_option_value(argc, argv, &i, "--block-size", &v)) != 0) {
             if (m < 0 || !parse_size(v, &o->block_size) || o->block_size < CONFIG_BLOCK_SIZE_MIN ||
                 o->block_size > CONFIG_BLOCK_SIZE_MAX || (o->block_size & (o->block_size - 1)))
                 return usage_error("init: --block-size needs a power of two in 4096..16777216 "
@@ -514,7 +496,7 @@ static int status_parse(int argc, char **argv, struct status_opts *o)
         }
         if (strcmp(a, "--json") == 0) {
             o->json = true;
-        } else if ((m = option_value(argc, argv, &i, "--config", &v)) != 0) {
+        } else if ((m = cli_option_value(argc, argv, &i, "--config", &v)) != 0) {
             if (m < 0 || !*v)
                 return usage_error("status: --config needs the path of cluster.conf");
             if (o->config)
@@ -582,19 +564,6 @@ static uint32_t find_leader(uint32_t n, const struct node_query *qs)
     return best;
 }
 
-static void json_string(const char *s)
-{
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            printf("\\%c", *p);
-        else if (*p < 0x20)
-            printf("\\u%04x", *p);
-        else
-            putchar(*p);
-    }
-    putchar('"');
-}
 
 static uint64_t lag_of(const struct node_query *qs, uint32_t leader, uint32_t k)
 {
@@ -619,14 +588,14 @@ static void print_json(const struct cluster_config *cc, const struct node_query 
         char addr[CONFIG_HOST_BYTES + 16];
         config_node_addr(&cc->nodes[k], addr, sizeof addr);
         printf("%s{\"node\":%u,\"address\":", k > 1 ? "," : "", k);
-        json_string(addr);
+        cli_json_string(stdout, addr);
         if (q->rc != 0) {
             printf(",\"reachable\":false,\"role\":null,\"leader\":null,\"ballot\":null,"
                    "\"commit\":null,\"applied\":null,\"lag\":null,\"failed\":null,"
                    "\"snapshot_slot\":null,\"log_first\":null,\"xfer_state\":null,"
                    "\"xfer_bytes_done\":null,\"xfer_bytes_total\":null,\"xfer_rate\":null,"
                    "\"blocks_repaired\":null,\"error\":");
-            json_string(q->err);
+            cli_json_string(stdout, q->err);
             putchar('}');
             continue;
         }
@@ -752,6 +721,6 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "mount") == 0)
         return mnt_main(argc - 1, argv + 1);
     if (strcmp(cmd, "fsck") == 0)
-        return usage_error("'%s' is not available yet in this build", cmd);
+        return fsck_main(argc - 1, argv + 1);
     return usage_error("unknown command '%s'; run 'paxfs --help' for the list", cmd);
 }
