@@ -223,31 +223,40 @@ size_t snapfile_list(const char *dir, uint64_t *out, size_t cap)
     return n;
 }
 
+int snapfile_load(const char *dir, uint64_t slot, uint8_t **p, size_t *len)
+{
+    char path[SNAPFILE_PATH_MAX];
+    snapfile_path(dir, slot, path);
+    uint8_t *b;
+    size_t blen;
+    int rc = snapfile_read(path, &b, &blen);
+    if (rc != 0)
+        return rc;
+    struct snapfile sf;
+    rc = snapfile_decode(b, blen, &sf);
+    if (rc == 0 && sf.slot != slot)
+        rc = -EBADMSG; /* the name and the header disagree */
+    if (rc != 0) {
+        free(b);
+        return rc;
+    }
+    *p = b;
+    *len = blen;
+    return 0;
+}
+
 int snapfile_load_newest(const char *dir, uint8_t **p, size_t *len, uint64_t *slot)
 {
     uint64_t slots[64];
     size_t n = snapfile_list(dir, slots, 64);
     for (size_t i = 0; i < n && i < 64; i++) {
-        char path[SNAPFILE_PATH_MAX];
-        snapfile_path(dir, slots[i], path);
-        uint8_t *b;
-        size_t blen;
-        int rc = snapfile_read(path, &b, &blen);
+        int rc = snapfile_load(dir, slots[i], p, len);
         if (rc == 0) {
-            struct snapfile sf;
-            rc = snapfile_decode(b, blen, &sf);
-            if (rc == 0 && sf.slot != slots[i])
-                rc = -EBADMSG; /* the name and the header disagree */
-            if (rc == 0) {
-                *p = b;
-                *len = blen;
-                *slot = sf.slot;
-                return 0;
-            }
-            free(b);
+            *slot = slots[i];
+            return 0;
         }
-        LOG_E("event=snapshot_unreadable path=%s error=\"%s\": trying an older one", path,
-              strerror(-rc));
+        LOG_E("event=snapshot_unreadable dir=%s slot=%llu error=\"%s\": trying an older one",
+              dir, (unsigned long long)slots[i], strerror(-rc));
     }
     return -ENOENT;
 }

@@ -62,6 +62,9 @@ int snapfile_write(const char *dir, uint64_t slot, const uint8_t *p, size_t len)
 int snapfile_read(const char *path, uint8_t **p, size_t *len);
 /* The path of dir/snap-<slot>. */
 void snapfile_path(const char *dir, uint64_t slot, char out[SNAPFILE_PATH_MAX]);
+/* Reads dir/snap-<slot> whole and checks it decodes and names that slot:
+ * *p and *len (caller frees). -EBADMSG, or the read's error. */
+int snapfile_load(const char *dir, uint64_t slot, uint8_t **p, size_t *len);
 /* Finds the newest snapshot in dir that reads and decodes whole: *p and *len
  * (caller frees) and *slot. -ENOENT if none; a file that fails to decode is
  * logged and skipped (an older one may serve). */

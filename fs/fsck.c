@@ -213,24 +213,22 @@ static void check_snapshot_files(struct offline *o, const char *snap_dir)
     uint64_t slots[64];
     size_t n = snapfile_list(snap_dir, slots, 64);
     for (size_t i = 0; i < n && i < 64; i++) {
-        char path[SNAPFILE_PATH_MAX];
-        snapfile_path(snap_dir, slots[i], path);
         uint8_t *p;
         size_t len;
-        int rc = snapfile_read(path, &p, &len);
+        int rc = snapfile_load(snap_dir, slots[i], &p, &len);
         if (rc == 0) {
             struct snapfile sf;
-            rc = snapfile_decode(p, len, &sf);
-            if (rc == 0 && sf.slot != slots[i])
-                rc = -EBADMSG;
             uint32_t nn, bs;
-            if (rc == 0)
-                rc = fsm_image_info(sf.sm, sf.sm_len, &nn, &bs);
+            snapfile_decode(p, len, &sf); /* it did decode */
+            rc = fsm_image_info(sf.sm, sf.sm_len, &nn, &bs);
             free(p);
         }
-        if (rc != 0)
+        if (rc != 0) {
+            char path[SNAPFILE_PATH_MAX];
+            snapfile_path(snap_dir, slots[i], path);
             report(o, FSCK_SNAPSHOT_BAD, 0, 0, NULL, "snapshot %s does not decode (%s)", path,
                    strerror(-rc));
+        }
     }
 }
 

@@ -1044,23 +1044,37 @@ static int put_encoded(struct store *s, const struct store_name *name, const voi
 /* Reads and verifies the block file of n into c->file_buf. On success
  * *file_len is its length and *plain and *plain_len its verified plain bytes.
  * A file that fails is counted, logged and, if `quarantine`, moved aside. */
+/* Reads block file path (relative to blocks/) whole into out[0..cap):
+ * -ENOENT, -EBADMSG for a size no block file can have, -ENOBUFS. *sb is
+ * the file's stat (for quarantine). */
+static int read_block_file(struct store *s, const char *path, uint8_t *out, size_t cap,
+                           struct stat *sb)
+{
+    int fd = openat(s->blocks_fd, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? -ENOENT : -errno;
+    int rc = fstat(fd, sb) == 0 ? 0 : -errno;
+    if (rc == 0 && (sb->st_size <= STORE_HDR_LEN ||
+                    (uint64_t)sb->st_size > store_file_max(s->block_size)))
+        rc = -EBADMSG;
+    if (rc == 0 && (size_t)sb->st_size > cap)
+        rc = -ENOBUFS;
+    if (rc == 0)
+        rc = read_exact(fd, out, (size_t)sb->st_size);
+    close(fd);
+    return rc;
+}
+
 static int load_verified(struct store *s, struct coder *c, const struct store_name *n,
                          bool quarantine, size_t *file_len, const uint8_t **plain,
                          size_t *plain_len)
 {
     char path[PATH_LEN];
     block_path(n, path);
-    int fd = openat(s->blocks_fd, path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? -ENOENT : -errno;
     struct stat sb;
-    int rc = fstat(fd, &sb) == 0 ? 0 : -errno;
-    if (rc == 0 && (sb.st_size <= STORE_HDR_LEN ||
-                    (uint64_t)sb.st_size > store_file_max(s->block_size)))
-        rc = -EBADMSG;
-    if (rc == 0)
-        rc = read_exact(fd, c->file_buf, (size_t)sb.st_size);
-    close(fd);
+    int rc = read_block_file(s, path, c->file_buf, store_file_max(s->block_size), &sb);
+    if (rc == -ENOENT || (rc != 0 && rc != -EBADMSG))
+        return rc;
     if (rc == 0)
         rc = verify_file(s, c, c->file_buf, (size_t)sb.st_size, n, plain, plain_len);
     if (rc == -EBADMSG) {
@@ -1158,19 +1172,8 @@ int store_read_file(struct store *s, const struct store_name *name, void *out, s
 {
     char path[PATH_LEN];
     block_path(name, path);
-    int fd = openat(s->blocks_fd, path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? -ENOENT : -errno;
     struct stat sb;
-    int rc = fstat(fd, &sb) == 0 ? 0 : -errno;
-    if (rc == 0 && (sb.st_size <= STORE_HDR_LEN ||
-                    (uint64_t)sb.st_size > store_file_max(s->block_size)))
-        rc = -EBADMSG;
-    if (rc == 0 && (size_t)sb.st_size > cap)
-        rc = -ENOBUFS;
-    if (rc == 0)
-        rc = read_exact(fd, out, (size_t)sb.st_size);
-    close(fd);
+    int rc = read_block_file(s, path, out, cap, &sb);
     struct store_block_hdr h;
     if (rc == 0)
         rc = store_block_hdr_decode(out, (size_t)sb.st_size, &h);
