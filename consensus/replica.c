@@ -241,6 +241,8 @@ static int load_snapshot(struct replica *r, uint64_t marker)
     return 0;
 }
 
+static void publish_status(struct replica *r);
+
 /* Opens the WAL and the newest snapshot and restores the core; online, a
  * new session is persisted too (offline nothing is written but what
  * wal_open's recovery cuts). */
@@ -303,7 +305,7 @@ static int open_replica(const struct replica_config *cfg, bool online, struct re
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&r->wake, &ca);
     pthread_condattr_destroy(&ca);
-    r->status.session = r->session;
+    publish_status(r); /* what start-up will replay up to is known now */
     LOG_I("node=%u event=replica_open session=%llu snapshot=%llu commit=%llu", cfg->id,
           (unsigned long long)r->session, (unsigned long long)r->snap_slot,
           (unsigned long long)st.commit);

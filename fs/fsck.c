@@ -160,11 +160,13 @@ static int read_cluster_file(const char *data_dir, uint32_t *node, uint32_t *n_n
 
 /* Block files on disk and block mappings of the state, matched by name:
  * every file is verified once; a mapping whose file is absent or bad is a
- * finding, and so is a bad file nothing maps. */
+ * finding, and so is a bad file nothing maps. Only files that still have a
+ * name must have their blocks here: an orphan's serve handles open on
+ * other hosts, and a replica that received a snapshot never fetched them. */
 static void check_blocks(struct offline *o, struct fsm *f, struct store *st)
 {
     struct mappings maps = {0};
-    fsm_blocks(f, collect_mapping, &maps);
+    fsm_linked_blocks(f, collect_mapping, &maps);
     qsort(maps.v, maps.n, sizeof *maps.v, cmp_names);
     struct names disk = {0};
     store_list(st, collect_name, &disk);
@@ -437,12 +439,13 @@ static void do_inodes(struct fsck_server *s, uint64_t id, uint64_t after, uint32
     pthread_mutex_unlock(&s->lock);
 }
 
-/* Verifies every block the state maps; with repair, a bad one is moved
- * aside and fetched from a peer, then verified again. */
+/* Verifies every block the state maps for a file with a name (see
+ * check_blocks); with repair, a bad one is moved aside and fetched from a
+ * peer, then verified again. */
 static void do_blocks(struct fsck_server *s, bool repair, struct buf *out)
 {
     struct mappings maps = {0};
-    int rc = fsm_blocks(s->o.fsm, collect_mapping, &maps);
+    int rc = fsm_linked_blocks(s->o.fsm, collect_mapping, &maps);
     qsort(maps.v, maps.n, sizeof *maps.v, cmp_names);
     uint64_t checked = 0, missing = 0, corrupt = 0, repaired = 0;
     struct buf bad;

@@ -95,7 +95,8 @@ struct fsck_summary {
     uint64_t inodes;
     uint64_t blocks_mapped;     /* mappings in block maps */
     uint64_t blocks_on_disk;    /* block files verified */
-    uint64_t blocks_unreferenced; /* on disk, referenced by nothing (GC will free) */
+    uint64_t blocks_unreferenced; /* on disk, mapped by no named file (garbage
+                                     GC will free, or an orphan's) */
     uint64_t findings;
     uint64_t digest;            /* fsm_digest of the state checked */
 };

@@ -2589,7 +2589,8 @@ int fsm_image_info(const uint8_t *p, size_t len, uint32_t *n_nodes, uint32_t *bl
     return 0;
 }
 
-int fsm_image_blocks(const uint8_t *p, size_t len, fsm_block_fn fn, void *ctx)
+static int image_blocks(const uint8_t *p, size_t len, bool linked_only, fsm_block_fn fn,
+                        void *ctx)
 {
     struct img im;
     int rc = img_open(&im, p, len);
@@ -2602,7 +2603,7 @@ int fsm_image_blocks(const uint8_t *p, size_t len, fsm_block_fn fn, void *ctx)
         if (rc != 0)
             return rc;
         prev = in->ino;
-        if (S_ISREG(in->mode))
+        if (S_ISREG(in->mode) && !(linked_only && in->orphan))
             for (uint32_t k = 0; k < in->u.file.n && rc == 0; k++) {
                 const struct bent *e = &in->u.file.map[k];
                 rc = fn(ctx, in->ino, e->index, &e->name, e->len);
@@ -2619,14 +2620,24 @@ int fsm_image_blocks(const uint8_t *p, size_t len, fsm_block_fn fn, void *ctx)
     return 0;
 }
 
-int fsm_blocks(struct fsm *f, fsm_block_fn fn, void *ctx)
+int fsm_image_blocks(const uint8_t *p, size_t len, fsm_block_fn fn, void *ctx)
+{
+    return image_blocks(p, len, false, fn, ctx);
+}
+
+int fsm_image_linked_blocks(const uint8_t *p, size_t len, fsm_block_fn fn, void *ctx)
+{
+    return image_blocks(p, len, true, fn, ctx);
+}
+
+static int live_blocks(struct fsm *f, bool linked_only, fsm_block_fn fn, void *ctx)
 {
     int rc = 0;
     pthread_rwlock_rdlock(&f->lock);
     struct inode **all = inodes_sorted(f, NULL);
     for (uint64_t i = 0; i < f->n_inodes && rc == 0; i++) {
         const struct inode *in = all[i];
-        if (!S_ISREG(in->mode))
+        if (!S_ISREG(in->mode) || (linked_only && in->orphan))
             continue;
         for (uint32_t k = 0; k < in->u.file.n && rc == 0; k++) {
             const struct bent *e = &in->u.file.map[k];
@@ -2636,6 +2647,16 @@ int fsm_blocks(struct fsm *f, fsm_block_fn fn, void *ctx)
     pthread_rwlock_unlock(&f->lock);
     free(all);
     return rc;
+}
+
+int fsm_blocks(struct fsm *f, fsm_block_fn fn, void *ctx)
+{
+    return live_blocks(f, false, fn, ctx);
+}
+
+int fsm_linked_blocks(struct fsm *f, fsm_block_fn fn, void *ctx)
+{
+    return live_blocks(f, true, fn, ctx);
 }
 
 int fsm_test_diverge(struct fsm *f, uint64_t ino)

@@ -298,8 +298,15 @@ int fsm_image_info(const uint8_t *p, size_t len, uint32_t *n_nodes, uint32_t *bl
 typedef int (*fsm_block_fn)(void *ctx, uint64_t ino, uint64_t index,
                             const struct store_name *name, uint32_t len);
 int fsm_image_blocks(const uint8_t *p, size_t len, fsm_block_fn fn, void *ctx);
+/* The same, but only blocks of files that still have a name: an orphan's
+ * blocks serve only handles open on the hosts that have not released it,
+ * and a replica receiving a snapshot holds none (it fetches one on read if
+ * it ever needs it). What snapshot transfer ships. */
+int fsm_image_linked_blocks(const uint8_t *p, size_t len, fsm_block_fn fn, void *ctx);
 /* The same over the live state (under the read lock; fn must not call into the fsm). */
 int fsm_blocks(struct fsm *f, fsm_block_fn fn, void *ctx);
+/* ... and only files that still have a name (as fsm_image_linked_blocks). */
+int fsm_linked_blocks(struct fsm *f, fsm_block_fn fn, void *ctx);
 
 /* Per-inode digests, in inode order: the first 16 bytes of the SHA-256 of
  * the inode's record in the image (attributes, parent, orphan state,

@@ -590,6 +590,8 @@ struct store_counters {
         cache_misses, corrupt_detected, gc_freed, repaired;
 };
 
+#define REPAIRS_MAX 64
+
 struct store {
     uint32_t block_size;
     int zstd_level;
@@ -603,6 +605,12 @@ struct store {
     struct store_counters st;
     _Atomic(store_repair_fn) repair; /* set once, after open */
     void *repair_ctx;
+    /* Blocks being fetched by a repair: a second reader of one waits for
+     * the first instead of fetching it again. */
+    pthread_mutex_t repair_mu;
+    pthread_cond_t repair_cond;
+    struct store_name repairing[REPAIRS_MAX];
+    size_t n_repairing;
 };
 
 static struct ref_stripe *stripe_of(struct store *s, const struct store_name *n)
@@ -837,6 +845,11 @@ static int write_block_file(struct store *s, const char *path, struct iovec *iov
     if (fd < 0)
         return -errno;
     int rc = write_all(fd, iov, iovcnt);
+    /* Deferred: start the writeback now without waiting for it, so that
+     * the store_sync before the next snapshot finds little left to write
+     * and does not hold up the WAL's fsyncs behind a burst of block I/O. */
+    if (rc == 0 && s->defer_sync)
+        sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
     if (rc == 0 && !s->defer_sync)
         rc = FAULT("store.fsync");
     if (rc == 0 && !s->defer_sync && fdatasync(fd) != 0)
@@ -1128,6 +1141,45 @@ void store_set_repair(struct store *s, store_repair_fn fn, void *ctx)
     atomic_store(&s->repair, fn);
 }
 
+static bool repairing_has(const struct store *s, const struct store_name *name, size_t *at)
+{
+    for (size_t i = 0; i < s->n_repairing; i++) {
+        if (store_name_eq(&s->repairing[i], name)) {
+            *at = i;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Fetches name through repair, once however many readers found it bad at
+ * the same time: 0 fetched, 1 another reader fetched it meanwhile (read
+ * again), or repair's error. */
+static int repair_once(struct store *s, const struct store_name *name, store_repair_fn repair)
+{
+    size_t at;
+    pthread_mutex_lock(&s->repair_mu);
+    if (repairing_has(s, name, &at)) {
+        while (repairing_has(s, name, &at))
+            pthread_cond_wait(&s->repair_cond, &s->repair_mu);
+        pthread_mutex_unlock(&s->repair_mu);
+        return 1;
+    }
+    bool tracked = s->n_repairing < REPAIRS_MAX; /* else: rare, fetch untracked */
+    if (tracked)
+        s->repairing[s->n_repairing++] = *name;
+    pthread_mutex_unlock(&s->repair_mu);
+    int rc = repair(s->repair_ctx, name);
+    if (tracked) {
+        pthread_mutex_lock(&s->repair_mu);
+        if (repairing_has(s, name, &at))
+            s->repairing[at] = s->repairing[--s->n_repairing];
+        pthread_cond_broadcast(&s->repair_cond);
+        pthread_mutex_unlock(&s->repair_mu);
+    }
+    return rc;
+}
+
 int store_get(struct store *s, const struct store_name *name, void *out, size_t cap, size_t *len)
 {
     int rc = get_once(s, name, out, cap, len);
@@ -1135,11 +1187,11 @@ int store_get(struct store *s, const struct store_name *name, void *out, size_t 
     if ((rc == -ENOENT || rc == -EBADMSG) && repair) {
         /* Missing, or corrupt and now quarantined: fetch it from a peer
          * (which verifies it against its name) and read again. */
-        int fetched = repair(s->repair_ctx, name);
-        if (fetched == 0) {
+        int fetched = repair_once(s, name, repair);
+        if (fetched == 0)
             count(&s->st.repaired, 1);
+        if (fetched == 0 || fetched == 1)
             rc = get_once(s, name, out, cap, len);
-        }
         char hex[STORE_NAME_HEX_LEN + 1];
         store_name_hex(name, hex);
         LOG_W("store_repair node=%u block=%s fetched=%d rc=%d", s->node_id, hex, fetched, rc);
@@ -1523,6 +1575,8 @@ int store_open(const struct store_config *cfg, struct store **out)
     for (int i = 0; i < REF_STRIPES; i++)
         pthread_mutex_init(&s->stripes[i].mu, NULL);
     pthread_mutex_init(&s->pool.mu, NULL);
+    pthread_mutex_init(&s->repair_mu, NULL);
+    pthread_cond_init(&s->repair_cond, NULL);
     cache_init(&s->cache, cfg->cache_bytes);
 
     int rc = 0;
@@ -1569,6 +1623,8 @@ void store_close(struct store *s)
         coder_free(c);
     }
     pthread_mutex_destroy(&s->pool.mu);
+    pthread_mutex_destroy(&s->repair_mu);
+    pthread_cond_destroy(&s->repair_cond);
     int fds[] = {s->corrupt_fd, s->tmp_fd, s->blocks_fd, s->lock_fd, s->root_fd};
     for (size_t i = 0; i < ARRAY_LEN(fds); i++)
         if (fds[i] >= 0)

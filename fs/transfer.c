@@ -714,7 +714,10 @@ static int fetch_blocks(struct xfer *x, uint32_t first_peer, const struct snapfi
                         uint64_t image_bytes, struct name_list *held)
 {
     struct name_list need = {.store = x->o.store};
-    int rc = fsm_image_blocks(sf->sm, sf->sm_len, collect_missing, &need);
+    /* Blocks of files that still have a name: an orphan's are kept by the
+     * peers for handles open there, and read repair fetches one here if a
+     * handle of ours ever needs it (after a rebuild). */
+    int rc = fsm_image_linked_blocks(sf->sm, sf->sm_len, collect_missing, &need);
     if (rc != 0) {
         free(need.v);
         return rc;
@@ -867,8 +870,12 @@ static void *receiver_main(void *arg)
         pthread_mutex_lock(&x->lock);
         x->prog.state = XFER_IDLE;
         if (rc == 0 || st.applied >= want) {
-            if (x->need_slot <= st.applied)
-                x->need = false;
+            /* Installed (or caught up from the log meanwhile). A newer
+             * snapshot announced during the transfer is not chased: the
+             * log after ours may still be there, and if not the core
+             * announces again. */
+            x->need = false;
+            x->need_slot = 0;
             attempt = 0;
             continue;
         }

@@ -1082,3 +1082,73 @@ Test(store, fault_during_put_encoded_leaves_no_partial_block)
     fault_disarm_all();
     store_close(s);
 }
+
+/* ---- read repair ------------------------------------------------------- */
+
+/* A peer that has the good copy: stores it as put_encoded would and
+ * counts the fetches; slow, so that concurrent readers overlap. */
+struct peer_copy {
+    struct store *s;
+    uint8_t file[STORE_BLOCK_SIZE_MAX + 64];
+    size_t len;
+    atomic_int fetches;
+};
+
+static int fetch_from_peer(void *ctx, const struct store_name *name)
+{
+    struct peer_copy *p = ctx;
+    atomic_fetch_add(&p->fetches, 1);
+    usleep(200 * 1000);
+    int rc = store_put_encoded(p->s, name, p->file, p->len);
+    if (rc == 0)
+        store_unref(p->s, name);
+    return rc;
+}
+
+struct reader_arg {
+    struct store *s;
+    struct store_name name;
+    int rc;
+    uint8_t out[BS];
+};
+
+static void *read_block(void *arg)
+{
+    struct reader_arg *a = arg;
+    size_t len;
+    a->rc = store_get(a->s, &a->name, a->out, sizeof a->out, &len);
+    return NULL;
+}
+
+Test(store, a_corrupt_block_read_by_many_at_once_is_fetched_once_and_counted_once)
+{
+    struct store *s = open_store(BS, 0); /* no cache: every get reads the file */
+    static uint8_t data[BS];
+    fill_text(data, BS, 42);
+    struct store_name n;
+    cr_assert_eq(store_put(s, data, BS, &n), 0);
+    static struct peer_copy peer;
+    peer.s = s;
+    cr_assert_eq(store_get_encoded(s, &n, peer.file, sizeof peer.file, &peer.len), 0);
+    atomic_store(&peer.fetches, 0);
+    store_set_repair(s, fetch_from_peer, &peer);
+    flip_byte(&n, STORE_HDR_LEN + 7);
+    static struct reader_arg r[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        r[i].s = s;
+        r[i].name = n;
+        cr_assert_eq(pthread_create(&th[i], NULL, read_block, &r[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        cr_assert_eq(r[i].rc, 0, "reader %d: %s", i, strerror(-r[i].rc));
+        cr_assert_eq(memcmp(r[i].out, data, BS), 0, "reader %d got the right bytes", i);
+    }
+    cr_assert_eq(atomic_load(&peer.fetches), 1, "fetched %d times", atomic_load(&peer.fetches));
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.repaired, 1);
+    cr_assert_eq(store_verify(s, &n), 0, "the good copy is back on disk");
+    store_close(s);
+}
