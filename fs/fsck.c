@@ -167,10 +167,12 @@ static void check_blocks(struct offline *o, struct fsm *f, struct store *st)
 {
     struct mappings maps = {0};
     fsm_linked_blocks(f, collect_mapping, &maps);
-    qsort(maps.v, maps.n, sizeof *maps.v, cmp_names);
+    if (maps.n > 1)
+        qsort(maps.v, maps.n, sizeof *maps.v, cmp_names);
     struct names disk = {0};
     store_list(st, collect_name, &disk);
-    qsort(disk.v, disk.n, sizeof *disk.v, cmp_names);
+    if (disk.n > 1)
+        qsort(disk.v, disk.n, sizeof *disk.v, cmp_names);
     o->sum->blocks_mapped = maps.n;
     o->sum->blocks_on_disk = disk.n;
     size_t i = 0, j = 0;
@@ -446,7 +448,8 @@ static void do_blocks(struct fsck_server *s, bool repair, struct buf *out)
 {
     struct mappings maps = {0};
     int rc = fsm_linked_blocks(s->o.fsm, collect_mapping, &maps);
-    qsort(maps.v, maps.n, sizeof *maps.v, cmp_names);
+    if (maps.n > 1)
+        qsort(maps.v, maps.n, sizeof *maps.v, cmp_names);
     uint64_t checked = 0, missing = 0, corrupt = 0, repaired = 0;
     struct buf bad;
     buf_init(&bad);

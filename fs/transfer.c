@@ -723,7 +723,8 @@ static int fetch_blocks(struct xfer *x, uint32_t first_peer, const struct snapfi
         return rc;
     }
     /* A block mapped twice is fetched once. */
-    qsort(need.v, need.n, sizeof *need.v, cmp_name);
+    if (need.n > 1)
+        qsort(need.v, need.n, sizeof *need.v, cmp_name);
     size_t u = 0;
     for (size_t i = 0; i < need.n; i++)
         if (u == 0 || memcmp(&need.v[u - 1], &need.v[i], STORE_NAME_LEN) != 0)
