@@ -20,6 +20,11 @@
 #          and cold read, fsync'd 4 KiB random writes, file creation with 1
 #          and 4 writers, untar/find+stat/rm -rf of /usr/include, and the
 #          longest write stall while the leader is frozen or killed
+#   recovery  a 3-node paxfs cluster (tools/bench_recovery.sh): snapshot
+#          transfer MB/s of 1 GiB of live data to a wiped follower next to
+#          the disk's sequential write speed, restart time with a long
+#          history with and without snapshots, and the longest write stall
+#          while snapshots are taken and while a transfer runs
 # Each prints key=value lines; ratios against the raw machine are printed by
 # the workload itself. Runs on the release build (built if missing), in a
 # scratch directory under $PAXFS_BENCH_DIR (default /tmp) that is removed.
@@ -27,7 +32,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(core wal store consensus fs)
+all=(core wal store consensus fs recovery)
 workloads=("$@")
 [ ${#workloads[@]} -gt 0 ] || workloads=("${all[@]}")
 for w in "${workloads[@]}"; do
@@ -236,5 +241,6 @@ for w in "${workloads[@]}"; do
         store) mkdir -p "$scratch/store" && "$build/tools/paxfs-bench-store" "$scratch/store" ;;
         consensus) consensus_bench "$scratch/consensus" ;;
         fs)    tools/bench_fs.sh "$build" "$scratch/fs" ;;
+        recovery) tools/bench_recovery.sh "$build" "$scratch/recovery" ;;
     esac
 done

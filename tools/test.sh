@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the build and the tests need; installed only when missing.
 packages=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
-          libfuse3-dev fuse3 libssl-dev libzstd-dev libcriterion-dev openssl)
+          libfuse3-dev fuse3 libssl-dev libzstd-dev libcriterion-dev openssl jq)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
