@@ -84,6 +84,7 @@ struct replica {
     struct buf snap_job;
     uint64_t snap_job_slot;
     uint64_t snap_job_keep;     /* older snapshots than this go after it */
+    size_t snap_job_sm_off, snap_job_sm_len; /* the image inside snap_job */
     bool snap_result_ready;
     int snap_result;
     pthread_cond_t snap_wake;
@@ -650,7 +651,9 @@ static void *snapper_main(void *arg)
             break;
         uint64_t slot = r->snap_job_slot, previous = r->snap_job_keep;
         pthread_mutex_unlock(&r->lock);
-        int rc = r->cfg.sm.sync ? r->cfg.sm.sync(r->cfg.sm.ctx) : 0;
+        int rc = r->cfg.sm.sync ? r->cfg.sm.sync(r->cfg.sm.ctx, r->snap_job.data + r->snap_job_sm_off,
+                                                 r->snap_job_sm_len)
+                                : 0;
         if (rc == 0)
             rc = snapfile_write(r->cfg.snap_dir, slot, r->snap_job.data, r->snap_job.len);
         if (rc == 0)
@@ -739,6 +742,8 @@ static void maybe_snapshot(struct replica *r)
         px_dedup_encode(r->dedup, &dd);
         buf_reset(&r->snap_job);
         snapfile_encode(r->applied, dd.data, dd.len, sm.data, sm.len, &r->snap_job);
+        r->snap_job_sm_off = SNAPFILE_HEADER_BYTES + dd.len;
+        r->snap_job_sm_len = sm.len;
     }
     buf_deinit(&sm);
     buf_deinit(&dd);

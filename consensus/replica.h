@@ -81,10 +81,13 @@ struct replica_sm {
     /* Replaces the whole state with an image made by snapshot (at open, or
      * a snapshot received from a peer). Nothing changes on error. */
     int (*restore)(void *ctx, const uint8_t *image, size_t len);
-    /* Makes durable every effect of the applies so far that the state
-     * machine deferred because the log could redo them (snapshot thread,
-     * before the log that could redo them is dropped). NULL: none. */
-    int (*sync)(void *ctx);
+    /* Before the snapshot whose image is image[0..len) is written (the
+     * snapshot thread, while applies go on): makes durable every effect of
+     * the applies so far that the state machine deferred because the log
+     * could redo them, and keeps what the image needs from being collected
+     * (for the file system: its blocks). Work the image implies belongs here
+     * rather than in snapshot, which stalls the applies. NULL: none. */
+    int (*sync)(void *ctx, const uint8_t *image, size_t len);
     /* This replica needs a snapshot at or after slot from peer `from`: its
      * peers compacted away the slots it lacks. Replica thread; must not
      * block (start a transfer that ends in replica_install_snapshot). */

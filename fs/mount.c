@@ -138,11 +138,12 @@ struct mnt {
     struct fsck_server *_Atomic fsck;
     /* Blocks of the two newest snapshot images hold a store reference each
      * (pins), so that garbage collection keeps what a restart from either
-     * snapshot, or a peer's transfer of it, needs. Replica thread. */
+     * snapshot, or a peer's transfer of it, needs. Under pins_lock. */
     struct pins {
         struct store_name *v;
         size_t n, cap;
     } pins[2];
+    pthread_mutex_t pins_lock;
     struct fuse_session *se;
 
     /* open handles per inode (invariant 4) */
@@ -547,7 +548,8 @@ static void pins_drop(struct mnt *m, struct pins *p)
     memset(p, 0, sizeof *p);
 }
 
-/* The image is the newest snapshot's: pin its blocks, unpin the oldest. */
+/* The image is the newest snapshot's: pin its blocks, unpin the oldest.
+ * The snapshot thread and (for an install) the replica thread call it. */
 static void pin_image(struct mnt *m, const uint8_t *image, size_t len)
 {
     struct pins p = {0};
@@ -557,19 +559,18 @@ static void pin_image(struct mnt *m, const uint8_t *image, size_t len)
     }
     for (size_t i = 0; i < p.n; i++)
         store_ref(m->store, &p.v[i]);
-    pins_drop(m, &m->pins[1]);
+    pthread_mutex_lock(&m->pins_lock);
+    struct pins oldest = m->pins[1];
     m->pins[1] = m->pins[0];
     m->pins[0] = p;
+    pthread_mutex_unlock(&m->pins_lock);
+    pins_drop(m, &oldest);
 }
 
 static int sm_snapshot(void *ctx, struct buf *out)
 {
     struct mnt *m = ctx;
-    size_t start = out->len;
-    int rc = fsm_image_encode(m->fsm, out);
-    if (rc == 0)
-        pin_image(m, out->data + start, out->len - start);
-    return rc;
+    return fsm_image_encode(m->fsm, out);
 }
 
 static int sm_restore(void *ctx, const uint8_t *image, size_t len)
@@ -586,12 +587,16 @@ static int sm_restore(void *ctx, const uint8_t *image, size_t len)
     return 0;
 }
 
-/* Before the log that could redo them goes: the deferred block writes
- * become durable, and blocks nothing references any more (neither the
- * state nor the two newest snapshots) are collected. */
-static int sm_sync(void *ctx)
+/* Before the snapshot of image is written (the snapshot thread; the log
+ * that could redo the deferred block writes goes after it): the image's
+ * blocks are pinned (applies meanwhile may drop their references, but only
+ * the store_gc below frees anything), the deferred writes become durable,
+ * and blocks nothing references any more (neither the state nor the two
+ * newest snapshots) are collected. */
+static int sm_sync(void *ctx, const uint8_t *image, size_t len)
 {
     struct mnt *m = ctx;
+    pin_image(m, image, len);
     int rc = store_sync(m->store);
     if (rc == 0)
         rc = store_gc(m->store, NULL);
@@ -1922,6 +1927,7 @@ static void mnt_init_struct(struct mnt *m, const struct mnt_options *o)
     m->node = o->node;
     m->timeout_s = o->consistency == MNT_STRICT ? 0.0 : MNT_CACHE_TIMEOUT_S;
     pthread_mutex_init(&m->open_lock, NULL);
+    pthread_mutex_init(&m->pins_lock, NULL);
     pthread_mutex_init(&m->q_lock, NULL);
     pthread_cond_init(&m->q_cond, NULL);
     pthread_cond_init(&m->q_done_cond, NULL);
@@ -1936,6 +1942,7 @@ static void mnt_destroy_struct(struct mnt *m)
     free(m->q);
     m->q = NULL;
     pthread_mutex_destroy(&m->open_lock);
+    pthread_mutex_destroy(&m->pins_lock);
     pthread_mutex_destroy(&m->q_lock);
     pthread_cond_destroy(&m->q_cond);
     pthread_cond_destroy(&m->q_done_cond);

@@ -135,8 +135,10 @@ static int sm_restore(void *ctx, const uint8_t *image, size_t len)
     return 0;
 }
 
-static int sm_sync(void *ctx)
+static int sm_sync(void *ctx, const uint8_t *image, size_t len)
 {
+    (void)image;
+    (void)len;
     struct chain_sm *sm = ctx;
     if (atomic_exchange(&sm->sync_gate, false)) {
         atomic_store(&sm->sync_entered, true);
