@@ -124,6 +124,7 @@ void replica_config_defaults(struct replica_config *c)
     c->snapshot_every_slots = 10000;
     c->snapshot_every_bytes = 256ull << 20;
     c->log_slack_slots = 1000;
+    c->log_slack_bytes = 64ull << 20;
 }
 
 /* ---- WAL replay -------------------------------------------------------- */
@@ -684,12 +685,28 @@ static int wal_relog_state(struct replica *r, uint64_t snapshot_slot)
     return rc;
 }
 
+/* The last slot a snapshot at slot lets the core forget: log_slack_slots
+ * before it, or later if those slots' values (all in memory) add up to
+ * more than log_slack_bytes. Looks at log_slack_slots slots at most. */
+static uint64_t slack_start(struct replica *r, uint64_t slot)
+{
+    uint64_t slack = r->cfg.log_slack_slots;
+    uint64_t keep = slot > slack ? slot - slack : 0;
+    uint64_t bytes = 0;
+    for (uint64_t s = slot; s > keep; s--) {
+        const struct px_value *v = px_chosen_value(r->px, s);
+        bytes += v ? v->len : 0;
+        if (bytes > r->cfg.log_slack_bytes)
+            return s;
+    }
+    return keep;
+}
+
 /* A snapshot at slot is on disk: forget what it covers, but the slack. */
 static int compact(struct replica *r, uint64_t slot)
 {
     r->snap_slot = slot;
-    uint64_t slack = r->cfg.log_slack_slots;
-    uint64_t keep = slot > slack ? slot - slack : 0;
+    uint64_t keep = slack_start(r, slot);
     if (keep == 0)
         return 0;
     px_compact(r->px, keep);

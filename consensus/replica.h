@@ -42,8 +42,9 @@
  * snapshot thread, which makes the state machine's deferred writes durable
  * (sm.sync), writes the file durably and deletes older ones. Back on the
  * replica thread the core forgets the slots before (snapshot slot -
- * log_slack_slots), so a follower that is only briefly behind still catches
- * up from the log, and the WAL drops every segment whose entries are all
+ * log_slack_slots), or fewer if those hold more than log_slack_bytes (the
+ * core keeps them in memory), so a follower that is only briefly behind
+ * still catches up from the log, and the WAL drops every segment whose entries are all
  * that old, after re-logging the promise, the session and a SNAPSHOT marker.
  * Foreground work stalls only for sm.snapshot.
  *
@@ -114,6 +115,7 @@ struct replica_config {
     uint64_t snapshot_every_slots; /* default 10000 */
     uint64_t snapshot_every_bytes; /* of applied values, default 256 MiB */
     uint64_t log_slack_slots;      /* kept before a snapshot, default 1000 */
+    uint64_t log_slack_bytes;      /* at most, default 64 MiB */
     struct replica_sm sm;
     struct replica_transport transport;
 };

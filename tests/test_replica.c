@@ -66,6 +66,7 @@ static struct node nodes[N + 1];
 static atomic_bool cut[N + 1];
 static atomic_bool deaf[N + 1];
 static bool with_snapshots; /* the suite's replicas take snapshots */
+static uint64_t log_slack_bytes; /* 0: the default; a test sets it before the nodes open */
 /* The snapshot= of each node's last replica_open log line (-1: none). */
 static atomic_int_fast64_t open_snapshot[N + 1];
 static char root[64];
@@ -198,6 +199,8 @@ static void node_config(int id, struct chain_sm *sm, struct replica_config *c)
         snprintf(c->snap_dir, sizeof c->snap_dir, "%s", nd->snap_dir);
         c->snapshot_every_slots = 20;
         c->log_slack_slots = 5;
+        if (log_slack_bytes)
+            c->log_slack_bytes = log_slack_bytes;
         c->sm.snapshot = sm_snapshot;
         c->sm.restore = sm_restore;
         c->sm.sync = sm_sync;
@@ -250,6 +253,16 @@ static void setup(void)
 static void setup_snap(void)
 {
     with_snapshots = true;
+    log_slack_bytes = 0;
+    setup();
+}
+
+/* Entries of about 1 KiB and a slack of 1.5 KiB: one slot's value fits in
+ * it, two do not. */
+static void setup_snap_byte_slack(void)
+{
+    with_snapshots = true;
+    log_slack_bytes = 1536;
     setup();
 }
 
@@ -573,6 +586,32 @@ Test(replica_snap, snapshots_are_taken_on_schedule_and_the_log_is_compacted)
         uint64_t syncs = nodes[i].sm.syncs;
         pthread_mutex_unlock(&nodes[i].sm.lock);
         cr_assert_geq(syncs, st.snapshots);
+    }
+}
+
+/* The core keeps the slack in memory: 1,000 slots of 4 MiB batches made
+ * each daemon of a 3-node cluster hold 2 GiB after a sequential write. */
+Test(replica_snap, the_log_slack_is_bounded_in_bytes_too, .init = setup_snap_byte_slack)
+{
+    char big[1000];
+    memset(big, 'b', sizeof big);
+    for (int i = 0; i < 60; i++) {
+        int64_t result;
+        big[0] = (char)('a' + i % 26);
+        cr_assert_eq(replica_propose(nodes[1].r, big, sizeof big, &result), 0);
+    }
+    await_same(60);
+    for (int i = 1; i <= N; i++) {
+        struct replica_status st;
+        int k = 0;
+        for (; k < WAIT_STEPS; k++) {
+            st = status_of(i);
+            if (st.snapshot_slot >= 40 && st.log_first == st.snapshot_slot)
+                break;
+            usleep(5000);
+        }
+        cr_assert_lt(k, WAIT_STEPS, "node %d: snapshot %llu, log_first %llu (want one slot kept)",
+                     i, (unsigned long long)st.snapshot_slot, (unsigned long long)st.log_first);
     }
 }
 
