@@ -37,7 +37,8 @@ fi
 
 T=$(mktemp -d /tmp/paxfs-test-mount.XXXXXX)
 declare -a PIDS=(0 0 0 0)
-OPTS=("" "" "" "-o consistency=strict")
+# mnt1's op_timeout is short for the no-quorum check of its write-behind.
+OPTS=("" "-o op_timeout=5" "" "-o consistency=strict")
 n=0
 failed=0
 
@@ -391,6 +392,43 @@ bad_input "bad input: busy mountpoint is exit 2" --config "$CONF" --node 1 --dat
 bad_input "bad input: unknown -o option is exit 2" --config "$CONF" --node 1 --data "$T/newdata" -o bogus "$T/spare"
 bad_input "bad input: bad consistency mode is exit 2" --config "$CONF" --node 1 --data "$T/newdata" -o consistency=sometimes "$T/spare"
 bad_input "bad input: missing --node is exit 2" --config "$CONF" --data "$T/newdata" "$T/spare"
+
+# ---- write-behind ----------------------------------------------------------
+
+# A write not yet closed: this host sees it at once (stat, read, append
+# after it), another host at the latest once it is closed.
+exec 4>"$M1/behind"
+printf 'first ' >&4
+check "write-behind: an unclosed write's size shows at once on its host" \
+    equals 6 stat -c %s "$M1/behind"
+check "write-behind: an unclosed write reads back at once on its host" \
+    equals "first " cat "$M1/behind"
+printf 'second' >&4
+exec 4>&-
+check "write-behind: closed, the file is whole on strict mnt3" equals "first second" cat "$M3/behind"
+check "write-behind: closed, the file is whole on mnt2" equals "first second" cat "$M2/behind"
+
+# No quorum (both peers frozen): the write is taken, fsync fails with EIO
+# once mnt1's op_timeout (5 s) ran out, and the cluster goes on after.
+noquorum_fsync() {
+    local rc
+    kill -STOP "${PIDS[2]}" "${PIDS[3]}"
+    printf 'lost?' | dd of="$M1/noquorum" conv=fsync status=none 2>"$T/noquorum.err"
+    rc=$?
+    kill -CONT "${PIDS[2]}" "${PIDS[3]}"
+    cat "$T/noquorum.err"
+    [ $rc != 0 ] && grep -q "Input/output error" "$T/noquorum.err"
+}
+check "write-behind: with no quorum, fsync of a taken write fails with EIO" noquorum_fsync
+write_again() { # up to 30 s: the thawed peers may hold an election first
+    for _ in $(seq 60); do
+        echo again >"$M1/after-noquorum" 2>/dev/null && [ "$(cat "$M3/after-noquorum")" = again ] &&
+            return 0
+        sleep 0.5
+    done
+    return 1
+}
+check "write-behind: after the quorum is back, writes on mnt1 work again" write_again
 
 # ---- all three mounts agree ----------------------------------------------
 
