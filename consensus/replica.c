@@ -522,9 +522,15 @@ static int persist(struct replica *r, const struct px_ready *rd)
         rc = wal_appendv(r->wal, REC_ENTRY, iov, 2, &lsn);
         r->max_entry_slot = MAX(r->max_entry_slot, e->slot);
     }
+    /* Promises and accepted entries are what replies depend on: they are
+     * synced before anything that depends on them leaves. The commit index
+     * is a hint for the replay at start-up (what is chosen is a property
+     * of a majority's entries, which are durable): it goes to disk with the
+     * next sync, and a commit alone costs no fsync before its apply. */
+    bool must_sync = lsn != 0;
     if (rc == 0 && rd->commit_changed)
         rc = wal_put_u64(r->wal, REC_COMMIT, rd->commit, &lsn);
-    if (rc == 0 && lsn)
+    if (rc == 0 && must_sync)
         rc = wal_sync(r->wal, lsn);
     return rc;
 }
