@@ -232,23 +232,25 @@ static uint32_t majority(const struct online *on)
 /* Statuses; the leader (or the first reachable node) gets the mark. */
 static uint32_t ask_statuses(struct online *on)
 {
-    uint32_t leader = 0, any = 0;
+    static struct cli_status st[CONFIG_NODES_MAX + 1];
+    memset(st, 0, sizeof st);
+    cli_status_all(on->client, on->cc.n_nodes, FSCK_STATUS_TIMEOUT_MS, st);
+    uint32_t any = 0;
     for (uint32_t k = 1; k <= on->cc.n_nodes; k++) {
         struct node_view *v = &on->nodes[k];
-        char err[256];
-        v->reachable = net_status_query(on->client, k, FSCK_STATUS_TIMEOUT_MS, &v->st, err,
-                                        sizeof err) == 0 && !v->st.failed;
+        v->reachable = st[k].rc == 0 && !st[k].reply.failed;
         if (!v->reachable) {
             char what[300];
-            snprintf(what, sizeof what, "node %u did not answer (%s)", k, err);
+            snprintf(what, sizeof what, "node %u did not answer (%s)", k,
+                     st[k].rc == 0 ? "its replica stopped on an error" : st[k].err);
             finding(on, FSCK_UNREACHABLE, k, 0, NULL, 0, what);
             continue;
         }
+        v->st = st[k].reply;
         if (!any)
             any = k;
-        if (v->st.role == NET_STATUS_LEADER && (!leader || v->st.ballot > on->nodes[leader].st.ballot))
-            leader = k;
     }
+    uint32_t leader = cli_status_leader(on->cc.n_nodes, st);
     return leader ? leader : any;
 }
 

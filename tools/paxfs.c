@@ -515,63 +515,13 @@ static int status_parse(int argc, char **argv, struct status_opts *o)
     return 0;
 }
 
-struct node_query {
-    struct net_status_client *client;
-    uint32_t node;
-    pthread_t thread;
-    bool threaded;
-    int rc;
-    struct net_status_reply reply;
-    char err[256];
-};
-
-static void *query_main(void *arg)
-{
-    struct node_query *q = arg;
-    q->rc = net_status_query(q->client, q->node, STATUS_TIMEOUT_MS, &q->reply, q->err,
-                             sizeof q->err);
-    return NULL;
-}
-
-/* Asks every node at once: the whole command takes about one timeout even
- * when several nodes are down. A thread that cannot start asks inline. */
-static void query_all(struct net_status_client *client, uint32_t n, struct node_query *qs)
-{
-    for (uint32_t k = 1; k <= n; k++) {
-        struct node_query *q = &qs[k];
-        q->client = client;
-        q->node = k;
-        q->threaded = pthread_create(&q->thread, NULL, query_main, q) == 0;
-        if (!q->threaded)
-            query_main(q);
-    }
-    for (uint32_t k = 1; k <= n; k++)
-        if (qs[k].threaded)
-            pthread_join(qs[k].thread, NULL);
-}
-
-/* The reachable leader with the highest ballot (a deposed leader may still
- * think it leads for a moment), or 0. */
-static uint32_t find_leader(uint32_t n, const struct node_query *qs)
-{
-    uint32_t best = 0;
-    for (uint32_t k = 1; k <= n; k++) {
-        const struct net_status_reply *r = &qs[k].reply;
-        if (qs[k].rc == 0 && r->role == NET_STATUS_LEADER && !r->failed &&
-            (!best || r->ballot > qs[best].reply.ballot))
-            best = k;
-    }
-    return best;
-}
-
-
-static uint64_t lag_of(const struct node_query *qs, uint32_t leader, uint32_t k)
+static uint64_t lag_of(const struct cli_status *qs, uint32_t leader, uint32_t k)
 {
     uint64_t commit = qs[leader].reply.commit, applied = qs[k].reply.applied;
     return commit > applied ? commit - applied : 0;
 }
 
-static void print_json(const struct cluster_config *cc, const struct node_query *qs,
+static void print_json(const struct cluster_config *cc, const struct cli_status *qs,
                        uint32_t leader)
 {
     char id[33];
@@ -583,7 +533,7 @@ static void print_json(const struct cluster_config *cc, const struct node_query 
         printf("null");
     printf(",\"nodes\":[");
     for (uint32_t k = 1; k <= cc->n_nodes; k++) {
-        const struct node_query *q = &qs[k];
+        const struct cli_status *q = &qs[k];
         const struct net_status_reply *r = &q->reply;
         char addr[CONFIG_HOST_BYTES + 16];
         config_node_addr(&cc->nodes[k], addr, sizeof addr);
@@ -627,14 +577,14 @@ static void print_json(const struct cluster_config *cc, const struct node_query 
     printf("]}\n");
 }
 
-static void print_table(const struct cluster_config *cc, const struct node_query *qs,
+static void print_table(const struct cluster_config *cc, const struct cli_status *qs,
                         uint32_t leader)
 {
     printf("%-5s %-22s %-10s %-10s %-10s %-10s %-10s %-10s %s\n", "NODE", "ADDRESS",
            "REACHABLE", "ROLE", "BALLOT", "COMMIT", "APPLIED", "LAG", "SNAPSHOT");
     uint32_t up = 0;
     for (uint32_t k = 1; k <= cc->n_nodes; k++) {
-        const struct node_query *q = &qs[k];
+        const struct cli_status *q = &qs[k];
         const struct net_status_reply *r = &q->reply;
         char addr[CONFIG_HOST_BYTES + 16];
         config_node_addr(&cc->nodes[k], addr, sizeof addr);
@@ -686,11 +636,11 @@ static int cmd_status(int argc, char **argv)
     if (net_status_client_new(&cc, dirname(dir), &client, err, sizeof err) != 0)
         return usage_error("status: %s", err);
     signal(SIGPIPE, SIG_IGN);
-    static struct node_query qs[CONFIG_NODES_MAX + 1];
+    static struct cli_status qs[CONFIG_NODES_MAX + 1];
     memset(qs, 0, sizeof qs);
-    query_all(client, cc.n_nodes, qs);
+    cli_status_all(client, cc.n_nodes, STATUS_TIMEOUT_MS, qs);
     net_status_client_free(client);
-    uint32_t leader = find_leader(cc.n_nodes, qs);
+    uint32_t leader = cli_status_leader(cc.n_nodes, qs);
     if (o.json)
         print_json(&cc, qs, leader);
     else
