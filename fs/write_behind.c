@@ -170,6 +170,7 @@ static void submit_whole_blocks(struct wb *w, struct wb_inode *s)
     *rest = *e;
     rest->offset = cut;
     rest->len = tail;
+    rest->born_ns = clock_now_ns(); /* not aged out before the writer goes on */
     rest->cap = MAX(tail, (size_t)w->cfg.block_size);
     rest->data = malloc(rest->cap);
     ASSERT(rest->data != NULL);
