@@ -135,7 +135,7 @@ TestSuite(write_behind, .init = fake_init, .timeout = 60);
 
 Test(write_behind, small_sequential_writes_are_proposed_as_few_whole_blocks)
 {
-    struct wb *w = open_wb(4096, 16384, 1 << 20, 1000, 4);
+    struct wb *w = open_wb(4096, 16384, 1 << 20, 10000, 4);
     static uint8_t want[65536];
     fill(want, sizeof want, 1);
     for (size_t off = 0; off < sizeof want; off += 512)
