@@ -506,8 +506,9 @@ static void conn_refuse(struct conn *c, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(reason, sizeof reason, fmt, ap);
     va_end(ap);
-    STAT_ADD(n, refused, 1);
+    /* Logged before counted: whoever sees the count finds the reason. */
     log_refusal(n, c->remote, c->outbound ? "out" : "in", c->peer, reason);
+    STAT_ADD(n, refused, 1);
     conn_close(c, false);
 }
 
@@ -520,9 +521,9 @@ static void conn_protocol_error(struct conn *c, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(reason, sizeof reason, fmt, ap);
     va_end(ap);
-    STAT_ADD(n, protocol_errors, 1);
     LOG_W("net protocol error node=%u peer=%u addr=%s dir=%s reason=\"%s\"", n->cfg.id, c->peer,
           c->remote, c->outbound ? "out" : "in", reason);
+    STAT_ADD(n, protocol_errors, 1);
     conn_close(c, false);
 }
 
@@ -1251,8 +1252,8 @@ static void listen_accept(struct net *n)
         sockaddr_text((struct sockaddr *)&ss, remote, sizeof remote);
         if (n->n_inbound >= n->cfg.inbound_max && !evict_unauthenticated(n)) {
             close(fd);
-            STAT_ADD(n, refused, 1);
             log_refusal(n, remote, "in", 0, "too many inbound connections");
+            STAT_ADD(n, refused, 1);
             continue;
         }
         tune_socket(fd);
