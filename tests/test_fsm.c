@@ -8,16 +8,16 @@
 
 #include "fs/store.h"
 
+#include "fsm_fixture.h"
+
 #include "base/assert.h"
 #include "base/buf.h"
 #include "base/fault.h"
-#include "base/log.h"
 #include "base/prng.h"
 
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -32,44 +32,28 @@
 #define UID 1000
 #define GID 1000
 
-static char dir[64];
-static char root[128];
+static struct fixture fx;
 static struct store *st;
 static struct fsm *fs;
 static int64_t now_ns = 1000;
 static uint32_t cur_uid = UID, cur_gid = GID;
 static struct fsm_changes changes;
 
-static void quiet_sink(void *ctx, enum log_level level, const char *line)
-{
-    (void)ctx, (void)level, (void)line;
-}
-
 static void setup(void)
 {
-    log_set_sink(quiet_sink, NULL);
-    strcpy(dir, "/tmp/paxfs-test-fsm-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    snprintf(root, sizeof root, "%s/store", dir);
-    struct store_config cfg;
-    store_config_init(&cfg, root);
-    cfg.block_size = BS;
-    cfg.cache_bytes = 0; /* every read goes to disk: corruption is seen */
-    cr_assert_eq(store_open(&cfg, &st), 0);
-    cr_assert_eq(fsm_new(st, NODES, &fs), 0);
-}
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
+    fixture_quiet_log();
+    const struct fixture_config cfg = {
+        .dir_name = "paxfs-test-fsm",
+        .block_size = BS,
+        .cache_bytes = 0, /* every read goes to disk: corruption is seen */
+        .nodes = NODES,
+    };
+    cr_assert_eq(fixture_open(&fx, &cfg, &st, &fs), 0);
 }
 
 static void teardown(void)
 {
-    fsm_free(fs);
-    store_close(st);
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    fixture_close(&fx, st, fs);
 }
 
 TestSuite(fsm, .init = setup, .fini = teardown, .timeout = 60);
@@ -78,17 +62,10 @@ TestSuite(fsm, .init = setup, .fini = teardown, .timeout = 60);
 
 static int64_t apply_to(struct fsm *f, struct fsm_op *op)
 {
-    if (op->type != FSM_OP_RELEASE && op->node == 0)
-        op->node = 1;
-    op->uid = cur_uid;
-    op->gid = cur_gid;
-    op->now_ns = ++now_ns;
-    struct buf b;
-    buf_init(&b);
-    int rc = fsm_op_encode(op, &b);
+    fixture_stamp(op, cur_uid, cur_gid, ++now_ns);
+    int64_t res = 0;
+    int rc = fixture_apply(f, op, &changes, &res);
     cr_assert_eq(rc, 0, "encode type %d: %d", op->type, rc);
-    int64_t res = fsm_apply(f, b.data, b.len, &changes);
-    buf_deinit(&b);
     return res;
 }
 
@@ -1478,7 +1455,7 @@ static void block_path(const struct store_name *n, char *out, size_t cap)
 {
     char hex[STORE_NAME_HEX_LEN + 1];
     store_name_hex(n, hex);
-    snprintf(out, cap, "%s/blocks/%.2s/%s", root, hex, hex);
+    snprintf(out, cap, "%s/blocks/%.2s/%s", fx.root, hex, hex);
 }
 
 Test(fsm, a_corrupted_block_reads_as_eio)

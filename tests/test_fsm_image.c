@@ -12,15 +12,15 @@
 
 #include "fs/store.h"
 
+#include "fsm_fixture.h"
+
 #include "base/assert.h"
 #include "base/buf.h"
 #include "base/crc32c.h"
-#include "base/log.h"
 
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -33,64 +33,39 @@
 
 #define BS (64u * 1024u)
 #define NODES 3
-#define UID 1000
-#define GID 1000
 
-static char dir[64];
-static char root[128];
+static struct fixture fx;
 static struct store *st;
 static struct fsm *fs;
 static int64_t now_ns = 1000;
 
-static void quiet_sink(void *ctx, enum log_level level, const char *line)
-{
-    (void)ctx, (void)level, (void)line;
-}
-
 static void setup(void)
 {
-    log_set_sink(quiet_sink, NULL);
-    strcpy(dir, "/tmp/paxfs-test-fsm-image-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    snprintf(root, sizeof root, "%s/store", dir);
-    struct store_config cfg;
-    store_config_init(&cfg, root);
-    cfg.block_size = BS;
-    cfg.cache_bytes = 0;
-    cr_assert_eq(store_open(&cfg, &st), 0);
-    cr_assert_eq(fsm_new(st, NODES, &fs), 0);
-}
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
+    fixture_quiet_log();
+    const struct fixture_config cfg = {
+        .dir_name = "paxfs-test-fsm-image", .block_size = BS, .cache_bytes = 0, .nodes = NODES};
+    cr_assert_eq(fixture_open(&fx, &cfg, &st, &fs), 0);
 }
 
 static void teardown(void)
 {
-    fsm_free(fs);
-    store_close(st);
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    fixture_close(&fx, st, fs);
 }
 
 TestSuite(fsm_image, .init = setup, .fini = teardown, .timeout = 120);
 
 /* ---- helpers: build, encode and apply one op ---- */
 
+/* The caller of every op: not root, so that permission rules apply. */
+#define UID 1000
+#define GID 1000
+
 static int64_t apply_to(struct fsm *f, struct fsm_op *op)
 {
-    if (op->type != FSM_OP_RELEASE && op->node == 0)
-        op->node = 1;
-    op->uid = UID;
-    op->gid = GID;
-    op->now_ns = ++now_ns;
-    struct buf b;
-    buf_init(&b);
-    int rc = fsm_op_encode(op, &b);
+    fixture_stamp(op, UID, GID, ++now_ns);
+    int64_t res = 0;
+    int rc = fixture_apply(f, op, NULL, &res);
     cr_assert_eq(rc, 0, "encode type %d: %d", op->type, rc);
-    int64_t res = fsm_apply(f, b.data, b.len, NULL);
-    buf_deinit(&b);
     return res;
 }
 
@@ -544,7 +519,7 @@ Test(fsm_image, restore_references_blocks_the_store_does_not_have)
     encode(fs, &img);
     /* Another replica's empty store. */
     char root2[160];
-    snprintf(root2, sizeof root2, "%s/store2", dir);
+    snprintf(root2, sizeof root2, "%s/store2", fx.dir);
     struct store_config cfg;
     store_config_init(&cfg, root2);
     cfg.block_size = BS;
@@ -698,7 +673,7 @@ Test(fsm_image, another_node_count_or_block_size_is_einval)
     fsm_free(g);
 
     char root2[160];
-    snprintf(root2, sizeof root2, "%s/store-bs", dir);
+    snprintf(root2, sizeof root2, "%s/store-bs", fx.dir);
     struct store_config cfg;
     store_config_init(&cfg, root2);
     cfg.block_size = BS * 2;

@@ -6,16 +6,16 @@
  * faults never leak from one test to the next. */
 #include "fs/store.h"
 
+#include "fsm_fixture.h"
+
 #include "base/assert.h"
 #include "base/fault.h"
-#include "base/log.h"
 #include "base/prng.h"
 
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -26,31 +26,17 @@
 
 #define BS (64u * 1024u) /* the block size of most tests: small, fast */
 
-static char dir[64];
-static char root[128];
-
-static void quiet_sink(void *ctx, enum log_level level, const char *line)
-{
-    (void)ctx, (void)level, (void)line;
-}
+static struct fixture fx; /* the tests' stores live in fx.root, or beside it in fx.dir */
 
 static void setup(void)
 {
-    log_set_sink(quiet_sink, NULL);
-    strcpy(dir, "/tmp/paxfs-test-store-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    snprintf(root, sizeof root, "%s/store", dir);
-}
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
+    fixture_quiet_log();
+    cr_assert_eq(fixture_make_dir(&fx, "paxfs-test-store", /* prefer_shm */ false), 0);
 }
 
 static void teardown(void)
 {
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    fixture_remove_dir(&fx);
 }
 
 TestSuite(store, .init = setup, .fini = teardown, .timeout = 60);
@@ -58,7 +44,7 @@ TestSuite(store, .init = setup, .fini = teardown, .timeout = 60);
 static struct store *open_store(uint32_t block_size, size_t cache_bytes)
 {
     struct store_config cfg;
-    store_config_init(&cfg, root);
+    store_config_init(&cfg, fx.root);
     cfg.block_size = block_size;
     cfg.cache_bytes = cache_bytes;
     struct store *s = NULL;
@@ -94,7 +80,7 @@ static void block_file(const struct store_name *n, char *out, size_t cap)
 {
     char hex[STORE_NAME_HEX_LEN + 1];
     store_name_hex(n, hex);
-    snprintf(out, cap, "%s/blocks/%.2s/%s", root, hex, hex);
+    snprintf(out, cap, "%s/blocks/%.2s/%s", fx.root, hex, hex);
 }
 
 static void flip_byte(const struct store_name *n, off_t off)
@@ -138,7 +124,7 @@ static struct store_block_hdr read_hdr(const struct store_name *n)
 static size_t dir_entries(const char *sub)
 {
     char path[256];
-    snprintf(path, sizeof path, "%s/%s", root, sub);
+    snprintf(path, sizeof path, "%s/%s", fx.root, sub);
     DIR *d = opendir(path);
     cr_assert_not_null(d);
     size_t n = 0;
@@ -553,7 +539,7 @@ Test(store, encoded_block_ships_to_another_store_and_reads_back)
 {
     struct store *a = open_store(BS, 0);
     char root_b[160];
-    snprintf(root_b, sizeof root_b, "%s/other", dir);
+    snprintf(root_b, sizeof root_b, "%s/other", fx.dir);
     struct store_config cfg;
     store_config_init(&cfg, root_b);
     cfg.block_size = BS;
@@ -620,7 +606,7 @@ Test(store, put_encoded_refuses_bytes_that_do_not_match_the_name)
 Test(store, block_longer_than_this_store_allows_is_refused)
 {
     char root_big[160];
-    snprintf(root_big, sizeof root_big, "%s/big", dir);
+    snprintf(root_big, sizeof root_big, "%s/big", fx.dir);
     struct store_config cfg;
     store_config_init(&cfg, root_big);
     cfg.block_size = 2 * BS;
@@ -650,7 +636,7 @@ Test(store, dangling_temp_file_from_a_crash_is_removed_at_open)
     struct store *s = open_store(BS, 0);
     store_close(s);
     char path[256];
-    snprintf(path, sizeof path, "%s/tmp/abcdef.17", root);
+    snprintf(path, sizeof path, "%s/tmp/abcdef.17", fx.root);
     int fd = open(path, O_WRONLY | O_CREAT, 0644);
     cr_assert_geq(fd, 0);
     cr_assert_eq(write(fd, "half a block", 12), 12);
@@ -665,7 +651,7 @@ Test(store, second_open_of_one_root_is_busy)
 {
     struct store *s = open_store(BS, 0);
     struct store_config cfg;
-    store_config_init(&cfg, root);
+    store_config_init(&cfg, fx.root);
     struct store *t = NULL;
     cr_assert_eq(store_open(&cfg, &t), -EBUSY);
     cr_assert_null(t);
@@ -677,7 +663,7 @@ Test(store, second_open_of_one_root_is_busy)
 static void write_format(const char *text)
 {
     char path[256];
-    snprintf(path, sizeof path, "%s/FORMAT", root);
+    snprintf(path, sizeof path, "%s/FORMAT", fx.root);
     FILE *f = fopen(path, "w");
     cr_assert_not_null(f);
     fputs(text, f);
@@ -692,7 +678,7 @@ Test(store, format_records_block_size_and_refuses_mismatches)
     cr_assert_eq(store_block_size(s), 128 * 1024);
     store_close(s);
     struct store_config cfg;
-    store_config_init(&cfg, root);
+    store_config_init(&cfg, fx.root);
     cfg.block_size = 64 * 1024;
     struct store *t = NULL;
     cr_assert_eq(store_open(&cfg, &t), -EINVAL);
@@ -715,7 +701,7 @@ Test(store, new_store_gets_the_default_block_size_and_bad_settings_are_einval)
     cr_assert_eq(store_block_size(s), STORE_BLOCK_SIZE_DEFAULT);
     store_close(s);
     struct store_config cfg;
-    store_config_init(&cfg, root);
+    store_config_init(&cfg, fx.root);
     struct store *t = NULL;
     uint32_t bad_sizes[] = {1000, 3 * 65536, STORE_BLOCK_SIZE_MAX * 2, 2048};
     for (size_t i = 0; i < ARRAY_LEN(bad_sizes); i++) {
@@ -769,7 +755,7 @@ Test(store, has_and_list_report_the_blocks_on_disk)
     }
     /* Junk in a shard is not a block. */
     char path[256];
-    snprintf(path, sizeof path, "%s/blocks/00/not-a-block", root);
+    snprintf(path, sizeof path, "%s/blocks/00/not-a-block", fx.root);
     close(open(path, O_WRONLY | O_CREAT, 0644));
     struct listed l = {.n = 0};
     cr_assert_eq(store_list(s, collect, &l), 0);

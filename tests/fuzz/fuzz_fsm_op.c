@@ -10,17 +10,15 @@
 
 #include "fs/store.h"
 
+#include "../fsm_fixture.h"
+
 #include "base/assert.h"
 #include "base/buf.h"
-#include "base/log.h"
 
 #include <errno.h>
-#include <ftw.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -28,46 +26,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define NODES 3
 #define READ_MAX (64u * 1024u)
 
-static char dir[64];
+static struct fixture fx;
 static struct store *st;
 static struct fsm *fs;
 static unsigned inputs;
 static uint8_t *rbuf;
 
-static void quiet_sink(void *ctx, enum log_level level, const char *line)
-{
-    (void)ctx, (void)level, (void)line;
-}
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 static void cleanup(void)
 {
-    fsm_free(fs);
-    store_close(st);
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    fixture_close(&fx, st, fs);
     free(rbuf);
 }
 
 static void init(void)
 {
-    log_set_sink(quiet_sink, NULL);
-    /* tmpfs makes the store's fsyncs cheap. */
-    strcpy(dir, access("/dev/shm", W_OK) == 0 ? "/dev/shm/paxfs-fuzz-fsm-XXXXXX"
-                                               : "/tmp/paxfs-fuzz-fsm-XXXXXX");
-    ASSERT(mkdtemp(dir));
-    char root[128];
-    snprintf(root, sizeof root, "%s/store", dir);
-    struct store_config cfg;
-    store_config_init(&cfg, root);
-    cfg.block_size = STORE_BLOCK_SIZE_MIN;
-    cfg.cache_bytes = 1u << 20;
-    ASSERT(store_open(&cfg, &st) == 0);
-    ASSERT(fsm_new(st, NODES, &fs) == 0);
+    fixture_quiet_log();
+    const struct fixture_config cfg = {.dir_name = "paxfs-fuzz-fsm",
+                                       .prefer_shm = true, /* tmpfs makes the fsyncs cheap */
+                                       .block_size = STORE_BLOCK_SIZE_MIN,
+                                       .cache_bytes = 1u << 20,
+                                       .nodes = NODES};
+    ASSERT(fixture_open(&fx, &cfg, &st, &fs) == 0);
     rbuf = malloc(READ_MAX);
     ASSERT(rbuf);
     atexit(cleanup);
