@@ -81,13 +81,15 @@ struct replica {
     bool snapper_running;
     /* the snapshot thread's job and result, guarded by lock */
     bool snap_busy;             /* a job is with the snapshot thread */
-    struct buf snap_job;
+    struct buf snap_dedup;      /* the job's exactly-once table, encoded */
+    struct buf snap_job;        /* the file, made by the snapshot thread */
     uint64_t snap_job_slot;
     uint64_t snap_job_keep;     /* older snapshots than this go after it */
-    size_t snap_job_sm_off, snap_job_sm_len; /* the image inside snap_job */
     bool snap_result_ready;
     int snap_result;
     pthread_cond_t snap_wake;
+    uint64_t wal_cut_lsn;       /* the snapshot thread drops the WAL before it */
+    int wal_cut_rc;             /* and fails the replica with this if it could not */
     struct call *snap_call;     /* replica_snapshot_now */
     struct call *install_call;  /* replica_install_snapshot */
     bool snap_force;            /* take a snapshot at the next chance */
@@ -299,6 +301,7 @@ static int open_replica(const struct replica_config *cfg, bool online, struct re
     if (!r->dedup)
         r->dedup = px_dedup_new();
     buf_init(&r->snap_job);
+    buf_init(&r->snap_dedup);
     pthread_cond_init(&r->snap_wake, NULL);
     r->status.snapshot_slot = r->snap_slot;
     pthread_mutex_init(&r->lock, NULL);
@@ -644,23 +647,47 @@ static void call_complete(struct call *c, int status, uint64_t slot)
     pthread_cond_signal(&c->cond);
 }
 
-/* The snapshot thread: sm.sync, then the file, durably; older files go
- * (the newest two stay: the previous one is a fallback until the log is
- * truncated past it). */
+/* The snapshot thread: the image begun on the replica thread, sm.sync, then
+ * the file, durably; older files go (the newest two stay: the previous one
+ * is a fallback until the log is truncated past it). And the WAL's
+ * truncation once a snapshot is on disk: its fsyncs and unlinks would
+ * otherwise stall the replica thread. */
 static void *snapper_main(void *arg)
 {
     struct replica *r = arg;
     pthread_mutex_lock(&r->lock);
     for (;;) {
-        while (!r->stop && !(r->snap_busy && !r->snap_result_ready))
+        while (!r->stop && !(r->snap_busy && !r->snap_result_ready) && !r->wal_cut_lsn)
             pthread_cond_wait(&r->snap_wake, &r->lock);
         if (r->stop)
             break;
+        if (r->wal_cut_lsn) {
+            uint64_t lsn = r->wal_cut_lsn;
+            r->wal_cut_lsn = 0;
+            pthread_mutex_unlock(&r->lock);
+            int rc = wal_truncate_before(r->wal, lsn);
+            pthread_mutex_lock(&r->lock);
+            if (rc != 0 && !r->wal_cut_rc) {
+                r->wal_cut_rc = rc;
+                pthread_cond_signal(&r->wake);
+            }
+            continue;
+        }
         uint64_t slot = r->snap_job_slot, previous = r->snap_job_keep;
         pthread_mutex_unlock(&r->lock);
-        int rc = r->cfg.sm.sync ? r->cfg.sm.sync(r->cfg.sm.ctx, r->snap_job.data + r->snap_job_sm_off,
-                                                 r->snap_job_sm_len)
-                                : 0;
+        struct buf sm;
+        buf_init(&sm);
+        int rc = r->cfg.sm.snapshot_image(r->cfg.sm.ctx, &sm);
+        buf_reset(&r->snap_job);
+        if (rc == 0) {
+            snapfile_encode(slot, r->snap_dedup.data, r->snap_dedup.len, sm.data, sm.len,
+                            &r->snap_job);
+            if (r->cfg.sm.sync)
+                rc = r->cfg.sm.sync(r->cfg.sm.ctx,
+                                    r->snap_job.data + SNAPFILE_HEADER_BYTES + r->snap_dedup.len,
+                                    sm.len);
+        }
+        buf_deinit(&sm);
         if (rc == 0)
             rc = snapfile_write(r->cfg.snap_dir, slot, r->snap_job.data, r->snap_job.len);
         if (rc == 0)
@@ -674,6 +701,10 @@ static void *snapper_main(void *arg)
     return NULL;
 }
 
+/* Appends what the log before a cut must not take with it. Here, on the
+ * replica thread, in order with every other record (a promise re-logged
+ * later would undo a newer one); wal_truncate_before syncs it before it
+ * deletes anything. */
 static int wal_relog_state(struct replica *r, uint64_t snapshot_slot)
 {
     struct px_status ps;
@@ -686,8 +717,6 @@ static int wal_relog_state(struct replica *r, uint64_t snapshot_slot)
         rc = wal_put_u64(r->wal, REC_COMMIT, ps.commit, &lsn);
     if (rc == 0)
         rc = wal_put_u64(r->wal, REC_SNAPSHOT, snapshot_slot, &lsn);
-    if (rc == 0)
-        rc = wal_sync(r->wal, lsn);
     return rc;
 }
 
@@ -730,17 +759,21 @@ static int compact(struct replica *r, uint64_t slot)
     if (lsn <= wal_first_lsn(r->wal))
         return 0;
     int rc = wal_relog_state(r, slot);
-    if (rc == 0)
-        rc = wal_truncate_before(r->wal, lsn);
+    if (rc == 0) {
+        pthread_mutex_lock(&r->lock);
+        r->wal_cut_lsn = MAX(r->wal_cut_lsn, lsn);
+        pthread_cond_signal(&r->snap_wake);
+        pthread_mutex_unlock(&r->lock);
+    }
     return rc;
 }
 
 /* Hands a snapshot to the snapshot thread when one is due (or asked). The
- * image is made here, between applies, so it matches r->applied and the
- * table exactly. */
+ * image is begun and the table encoded here, between applies, so both
+ * match r->applied exactly; the snapshot thread encodes the image. */
 static void maybe_snapshot(struct replica *r)
 {
-    if (!r->cfg.sm.snapshot || !r->cfg.snap_dir[0])
+    if (!r->cfg.sm.snapshot_begin || !r->cfg.snap_dir[0])
         return;
     pthread_mutex_lock(&r->lock);
     bool busy = r->snap_busy, asked = r->snap_call != NULL;
@@ -757,19 +790,11 @@ static void maybe_snapshot(struct replica *r)
     if (busy || !due || r->applied <= r->snap_slot)
         return;
     uint64_t t0 = clock_now_ns();
-    struct buf sm, dd;
-    buf_init(&sm);
-    buf_init(&dd);
-    int rc = r->cfg.sm.snapshot(r->cfg.sm.ctx, &sm);
+    int rc = r->cfg.sm.snapshot_begin(r->cfg.sm.ctx);
     if (rc == 0) {
-        px_dedup_encode(r->dedup, &dd);
-        buf_reset(&r->snap_job);
-        snapfile_encode(r->applied, dd.data, dd.len, sm.data, sm.len, &r->snap_job);
-        r->snap_job_sm_off = SNAPFILE_HEADER_BYTES + dd.len;
-        r->snap_job_sm_len = sm.len;
+        buf_reset(&r->snap_dedup);
+        px_dedup_encode(r->dedup, &r->snap_dedup);
     }
-    buf_deinit(&sm);
-    buf_deinit(&dd);
     uint64_t stall = clock_now_ns() - t0;
     if (rc != 0) {
         LOG_E("node=%u event=snapshot slot=%llu error=\"%s\"", r->cfg.id,
@@ -792,15 +817,20 @@ static void maybe_snapshot(struct replica *r)
     r->status.snapshot_stall_ns_max = MAX(r->status.snapshot_stall_ns_max, stall);
     pthread_cond_signal(&r->snap_wake);
     pthread_mutex_unlock(&r->lock);
-    LOG_D("node=%u event=snapshot_start slot=%llu bytes=%zu stall_us=%llu", r->cfg.id,
-          (unsigned long long)r->snap_job_slot, r->snap_job.len,
-          (unsigned long long)(stall / 1000));
+    LOG_D("node=%u event=snapshot_start slot=%llu stall_us=%llu", r->cfg.id,
+          (unsigned long long)r->snap_job_slot, (unsigned long long)(stall / 1000));
 }
 
 /* The snapshot thread finished: compact, and answer replica_snapshot_now. */
 static int snapshot_finished(struct replica *r)
 {
     pthread_mutex_lock(&r->lock);
+    if (r->wal_cut_rc) {
+        int cut_rc = r->wal_cut_rc;
+        pthread_mutex_unlock(&r->lock);
+        LOG_E("node=%u event=wal_truncate error=\"%s\": stopping", r->cfg.id, strerror(-cut_rc));
+        return cut_rc;
+    }
     if (!r->snap_busy || !r->snap_result_ready) {
         pthread_mutex_unlock(&r->lock);
         return 0;
@@ -1011,7 +1041,7 @@ int replica_install_snapshot(struct replica *r, const char *path, bool rebuild)
 
 int replica_snapshot_now(struct replica *r, uint64_t *slot)
 {
-    if (!r->cfg.sm.snapshot || !r->cfg.snap_dir[0])
+    if (!r->cfg.sm.snapshot_begin || !r->cfg.snap_dir[0])
         return -ENOTSUP;
     struct call c = {0};
     pthread_cond_init(&c.cond, NULL);
@@ -1123,7 +1153,8 @@ static void *replica_main(void *arg)
     pthread_mutex_lock(&r->lock);
     while (!r->stop && rc == 0) {
         if (!r->n_in && !r->peers_down && !r->new_props && !r->new_reads &&
-            !r->install_call && !(r->snap_call && !r->snap_busy) && !r->snap_result_ready)
+            !r->install_call && !(r->snap_call && !r->snap_busy) && !r->snap_result_ready &&
+            !r->wal_cut_rc)
             pthread_cond_timedwait(&r->wake, &r->lock, &next_tick);
         struct px_msg *msgs;
         size_t n_msgs;
@@ -1192,7 +1223,7 @@ int replica_start(struct replica *r)
     if (rc != 0)
         return -rc;
     r->running = true;
-    if (r->cfg.sm.snapshot && r->cfg.snap_dir[0]) {
+    if (r->cfg.sm.snapshot_begin && r->cfg.snap_dir[0]) {
         rc = pthread_create(&r->snapper, NULL, snapper_main, r);
         if (rc != 0) {
             replica_stop(r);
@@ -1231,6 +1262,7 @@ void replica_close(struct replica *r)
         px_msg_clear(&r->in_msgs[i]);
     free(r->in_msgs);
     buf_deinit(&r->snap_job);
+    buf_deinit(&r->snap_dedup);
     pthread_cond_destroy(&r->snap_wake);
     pthread_cond_destroy(&r->wake);
     pthread_mutex_destroy(&r->lock);

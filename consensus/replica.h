@@ -37,16 +37,18 @@
  * anything, so the (origin, session, seq) of its proposals never repeats.
  *
  * Snapshots and compaction. Every snapshot_every_slots applied slots (or
- * snapshot_every_bytes of applied values) the replica thread asks the state
- * machine for its image (sm.snapshot, fast: memory only) and hands it to the
- * snapshot thread, which makes the state machine's deferred writes durable
- * (sm.sync), writes the file durably and deletes older ones. Back on the
+ * snapshot_every_bytes of applied values) the replica thread has the state
+ * machine fix the state the snapshot shows (sm.snapshot_begin: quick) and
+ * encodes the exactly-once table; the snapshot thread, while applies go on,
+ * gets the state machine's image of it (sm.snapshot_image), makes the state
+ * machine's deferred writes durable (sm.sync), writes the file durably and
+ * deletes older ones. Back on the
  * replica thread the core forgets the slots before (snapshot slot -
  * log_slack_slots), or fewer if those hold more than log_slack_bytes (the
  * core keeps them in memory), so a follower that is only briefly behind
  * still catches up from the log, and the WAL drops every segment whose entries are all
  * that old, after re-logging the promise, the session and a SNAPSHOT marker.
- * Foreground work stalls only for sm.snapshot.
+ * Foreground work stalls only for sm.snapshot_begin and the table.
  *
  * Snapshot transfer. A replica that needs slots its peers compacted away
  * learns it from the core (snapshot needed, from peer P) and tells the state
@@ -74,12 +76,16 @@ struct replica_sm {
      * which is handed to the proposing client and remembered for retries.
      * Must be deterministic: a function of the state and the bytes only. */
     int64_t (*apply)(void *ctx, uint64_t slot, const uint8_t *data, size_t len);
-    /* The rest is optional: without snapshot and restore the replica takes
-     * no snapshots and keeps its whole log.
-     * Appends an image of the state as of the last apply (replica thread,
-     * between applies: must be quick, memory only). */
-    int (*snapshot)(void *ctx, struct buf *out);
-    /* Replaces the whole state with an image made by snapshot (at open, or
+    /* The rest is optional: without the snapshot calls and restore the
+     * replica takes no snapshots and keeps its whole log.
+     * Fixes the state the next image shows: the state as of the last apply
+     * (replica thread, between applies: must be quick, it stalls them). */
+    int (*snapshot_begin)(void *ctx);
+    /* Appends the image of the state snapshot_begin fixed (the snapshot
+     * thread, while applies go on); called once after each snapshot_begin
+     * that succeeded. */
+    int (*snapshot_image)(void *ctx, struct buf *out);
+    /* Replaces the whole state with an image made by snapshot_image (at open, or
      * a snapshot received from a peer). Nothing changes on error. */
     int (*restore)(void *ctx, const uint8_t *image, size_t len);
     /* Before the snapshot whose image is image[0..len) is written (the
@@ -111,7 +117,7 @@ struct replica_config {
     uint32_t ticks_heartbeat; /* default 2 */
     uint32_t op_timeout_ms;   /* default 30000 */
     uint32_t window;          /* slots in flight, default 32 */
-    char snap_dir[4096];      /* snapshot files; required with sm.snapshot */
+    char snap_dir[4096];      /* snapshot files; required with sm.snapshot_begin */
     uint64_t snapshot_every_slots; /* default 10000 */
     uint64_t snapshot_every_bytes; /* of applied values, default 256 MiB */
     uint64_t log_slack_slots;      /* kept before a snapshot, default 1000 */
@@ -130,7 +136,7 @@ struct replica_status {
     uint64_t snapshot_slot; /* the newest snapshot file's slot, 0 none */
     uint64_t log_first;     /* the first slot the core still holds */
     uint64_t snapshots;     /* snapshots taken since open */
-    uint64_t snapshot_stall_ns_max; /* longest sm.snapshot call */
+    uint64_t snapshot_stall_ns_max; /* longest sm.snapshot_begin + table */
     bool failed;
 };
 
@@ -185,7 +191,7 @@ void replica_status(struct replica *r, struct replica_status *st);
 int replica_install_snapshot(struct replica *r, const char *path, bool rebuild);
 /* Takes a snapshot now (tests, benchmarks), waits until it is on disk and
  * the log is compacted; *slot (may be NULL) gets its slot. -ENOTSUP without
- * sm.snapshot, -EALREADY if nothing was applied since the last one. */
+ * sm.snapshot_begin, -EALREADY if nothing was applied since the last one. */
 int replica_snapshot_now(struct replica *r, uint64_t *slot);
 /* The snapshot directory (for serving transfers). */
 const char *replica_snap_dir(const struct replica *r);

@@ -2,6 +2,9 @@
  * wal.h. This file owns the segment files of one directory.
  *
  * Locks (always taken in this order, never the other way):
+ *   truncate_mu  one truncation at a time: it deletes segments after it
+ *             took them off the list, outside write_mu, and two must not
+ *             interleave their deletions.
  *   write_mu  the live segment (fd, size), the segment list and next_lsn:
  *             appends, rolls, replay and truncation hold it.
  *   sync_mu   group commit: `syncing` (a leader is in fdatasync) and
@@ -54,6 +57,7 @@ struct wal {
     uint64_t segment_bytes;
     uint32_t record_bytes_max;
 
+    pthread_mutex_t truncate_mu;
     pthread_mutex_t write_mu;
     int fd;                   /* the live segment (segs[nsegs - 1]) */
     struct wal_segment *segs; /* in LSN order; never empty after open */
@@ -852,6 +856,7 @@ static void wal_free(struct wal *w)
         close(w->fd);
     if (w->dir_fd >= 0)
         close(w->dir_fd);
+    pthread_mutex_destroy(&w->truncate_mu);
     pthread_mutex_destroy(&w->write_mu);
     pthread_mutex_destroy(&w->sync_mu);
     pthread_cond_destroy(&w->sync_cv);
@@ -900,6 +905,7 @@ int wal_open(const char *dir, const struct wal_options *opts, struct wal **out)
     w->node = o.node;
     w->segment_bytes = o.segment_bytes;
     w->record_bytes_max = o.record_bytes_max;
+    pthread_mutex_init(&w->truncate_mu, NULL);
     pthread_mutex_init(&w->write_mu, NULL);
     pthread_mutex_init(&w->sync_mu, NULL);
     pthread_cond_init(&w->sync_cv, NULL);
@@ -999,28 +1005,52 @@ int wal_replay(struct wal *w, uint64_t from_lsn, wal_replay_fn fn, void *ctx)
 
 int wal_truncate_before(struct wal *w, uint64_t lsn)
 {
+    pthread_mutex_lock(&w->truncate_mu);
     /* Re-logged state must be on disk before the old copies go. */
     int rc = wal_sync(w, atomic_load(&w->last_lsn));
-    if (rc)
+    if (rc) {
+        pthread_mutex_unlock(&w->truncate_mu);
         return rc;
+    }
+    /* The segments leave the list under write_mu; their files are deleted
+     * after it, so appends do not wait for the unlinks and fsyncs. Nothing
+     * reads a segment off the list: replay runs only before appends. */
     pthread_mutex_lock(&w->write_mu);
     rc = atomic_load(&w->failed);
     const struct wal_segment *live = &w->segs[w->nsegs - 1];
     if (rc == 0 && w->next_lsn > live->first_lsn && w->next_lsn <= lsn)
         rc = roll(w);
     size_t gone = 0;
+    while (rc == 0 && gone + 1 < w->nsegs && w->segs[gone + 1].first_lsn <= lsn)
+        gone++;
+    uint64_t *firsts = NULL;
+    if (gone) {
+        firsts = malloc(gone * sizeof *firsts);
+        if (!firsts) {
+            gone = 0;
+            rc = -ENOMEM;
+        }
+    }
+    for (size_t i = 0; i < gone; i++)
+        firsts[i] = w->segs[i].first_lsn;
+    if (gone) {
+        memmove(w->segs, w->segs + gone, (w->nsegs - gone) * sizeof *w->segs);
+        w->nsegs -= gone;
+        atomic_store(&w->first_lsn, w->segs[0].first_lsn);
+    }
+    pthread_mutex_unlock(&w->write_mu);
     /* Oldest first, each unlink durable before the next: a crash leaves a
      * contiguous suffix. The live segment is never deleted. */
-    while (rc == 0 && gone + 1 < w->nsegs && w->segs[gone + 1].first_lsn <= lsn) {
+    size_t deleted = 0;
+    for (; rc == 0 && deleted < gone; deleted++) {
         char name[SEG_NAME_LEN + 1];
-        seg_name(name, w->segs[gone].first_lsn);
+        seg_name(name, firsts[deleted]);
         if (unlinkat(w->dir_fd, name, 0) != 0 && errno != ENOENT) {
             rc = -errno;
             LOG_E("event=wal_truncate_failed node=%u file=%s/%s errno=%d error=\"%s\"",
                   w->node, w->dir, name, -rc, strerror(-rc));
             break;
         }
-        gone++;
         atomic_fetch_add(&w->n_segments_deleted, 1);
         rc = sync_fd(w, w->dir_fd, true);
         if (rc) {
@@ -1029,13 +1059,10 @@ int wal_truncate_before(struct wal *w, uint64_t lsn)
             rc = -EIO;
         }
     }
-    if (gone) {
-        memmove(w->segs, w->segs + gone, (w->nsegs - gone) * sizeof *w->segs);
-        w->nsegs -= gone;
-        atomic_store(&w->first_lsn, w->segs[0].first_lsn);
+    free(firsts);
+    if (deleted)
         LOG_I("event=wal_truncate node=%u before_lsn=%" PRIu64 " segments_deleted=%zu first_lsn=%" PRIu64,
-              w->node, lsn, gone, w->segs[0].first_lsn);
-    }
-    pthread_mutex_unlock(&w->write_mu);
+              w->node, lsn, deleted, atomic_load(&w->first_lsn));
+    pthread_mutex_unlock(&w->truncate_mu);
     return rc == -ENOMEM ? rc : (rc ? -EIO : 0);
 }

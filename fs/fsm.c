@@ -34,8 +34,9 @@
  * Locking: one rwlock; fsm_apply takes it for writing, every read for
  * reading. The store is thread-safe on its own.
  *
- * Snapshots: fsm_image_encode writes the state as an image (layout in
- * fsm.h) in inode order, under the read lock. fsm_image_restore decodes an
+ * Snapshots: fsm_image_begin and _finish write the state as an image
+ * (layout in fsm.h) in inode order, copy-on-write per inode (struct
+ * capture), so applies go on while it is encoded. fsm_image_restore decodes an
  * image into a separate state with no lock held, checks it, and only then
  * swaps it in under the write lock. The decoder refuses every state that
  * apply asserts on or silently relies on (the tree shape of invariant 2,
@@ -143,6 +144,7 @@ struct inode {
     uint64_t parent;     /* directories: what ".." names */
     uint32_t release_mask; /* orphans: bit node-1 set until node releases it */
     bool orphan;
+    uint64_t image_gen;  /* == capture.gen: this inode's record is taken */
     uint32_t n_xattrs;   /* sorted by (name bytes, length) */
     struct xattr *xattrs;
     union {
@@ -158,6 +160,34 @@ struct inode {
     } u;
 };
 
+/* An image in the making (fsm_image_begin .. fsm_image_finish): the state
+ * as of begin, kept copy-on-write per inode while applies go on. Begin
+ * copies the inode table (its pointers only) and the header. Before an
+ * apply changes or frees an inode of that table whose record is not taken
+ * yet, capture_save writes the record as it was into `records`. The
+ * encoder takes each inode's record from there if it is there, else from
+ * the inode itself, which then has not changed since begin. Every inode an
+ * apply may change comes from changing(), which does this. */
+struct saved {
+    const struct inode *in; /* its address as of begin: the key; NULL empty */
+    uint64_t ino;
+    size_t off, len;        /* its record in capture.records */
+};
+
+struct capture {
+    bool active;
+    bool all_saved;         /* a restore saved every inode: nothing to watch */
+    uint64_t gen;           /* one per image; inodes start at 0 */
+    uint64_t next_ino, n_inodes;
+    uint64_t *orphans;
+    size_t n_orphans;
+    struct inode **tab;     /* the inode table as of begin (with empty slots) */
+    uint64_t tab_cap;
+    struct buf records;
+    struct saved *saved;    /* open addressing by address */
+    size_t saved_cap, n_saved;
+};
+
 struct fsm {
     pthread_rwlock_t lock;
     struct store *store;
@@ -170,7 +200,20 @@ struct fsm {
     size_t n_orphans, orphans_cap;
     uint64_t bytes_stored;
     uint8_t *scratch;    /* one block, for apply (under the write lock) */
+    struct capture cap;  /* guarded by lock; the encoder reads it under the read lock */
 };
+
+static void capture_save(struct fsm *f, struct inode *in, bool freeing);
+
+static void capture_end(struct capture *c)
+{
+    free(c->tab);
+    free(c->orphans);
+    free(c->saved);
+    buf_deinit(&c->records);
+    uint64_t gen = c->gen;
+    *c = (struct capture){.gen = gen};
+}
 
 /* A block built by an op before the state changes (invariant 4). */
 struct pend {
@@ -501,6 +544,7 @@ static void inode_release_free(struct fsm *f, struct inode *in)
     memmove(f->orphans + pos, f->orphans + pos + 1,
             (f->n_orphans - pos - 1) * sizeof *f->orphans);
     f->n_orphans--;
+    capture_save(f, in, true);
     itab_remove(f, in->ino);
     inode_destroy(f, in);
 }
@@ -1012,9 +1056,20 @@ static void ch_entry(struct fsm_changes *c, uint64_t parent, const char *name, u
 /* apply: namespace ops                                                */
 
 /* A live directory (ENOENT if missing or removed, ENOTDIR if not a dir). */
+/* An inode an apply may change: its record is saved first while an image is
+ * in the making (struct capture). Apply gets every inode it may change here;
+ * looking one up that it then leaves alone costs only a copy of its record. */
+static struct inode *changing(struct fsm *f, uint64_t ino)
+{
+    struct inode *in = itab_get(f, ino);
+    if (in)
+        capture_save(f, in, false);
+    return in;
+}
+
 static int live_dir(struct fsm *f, uint64_t ino, struct inode **out)
 {
-    struct inode *d = itab_get(f, ino);
+    struct inode *d = changing(f, ino);
     if (!d)
         return -ENOENT;
     if (!S_ISDIR(d->mode))
@@ -1101,7 +1156,7 @@ static int64_t op_create(struct fsm *f, const struct fsm_op *op, struct fsm_chan
 
 static int64_t op_link(struct fsm *f, const struct fsm_op *op, struct fsm_changes *ch)
 {
-    struct inode *in = itab_get(f, op->ino);
+    struct inode *in = changing(f, op->ino);
     if (!in || in->nlink == 0)
         return -ENOENT;
     if (S_ISDIR(in->mode))
@@ -1148,7 +1203,7 @@ static int64_t op_remove(struct fsm *f, const struct fsm_op *op, struct fsm_chan
     struct dent *e = dir_find(&dir->u.dir, op->name, op->name_len);
     if (!e)
         return -ENOENT;
-    struct inode *in = itab_get(f, e->ino);
+    struct inode *in = changing(f, e->ino);
     ASSERT(in);
     if (op->type == FSM_OP_UNLINK && S_ISDIR(in->mode))
         return -EISDIR;
@@ -1222,8 +1277,8 @@ static int64_t op_rename(struct fsm *f, const struct fsm_op *op, struct fsm_chan
     if (!se)
         return -ENOENT;
     struct dent *de = dir_find(&dp->u.dir, op->new_name, op->new_name_len);
-    struct inode *src = itab_get(f, se->ino);
-    struct inode *dst = de ? itab_get(f, de->ino) : NULL;
+    struct inode *src = changing(f, se->ino);
+    struct inode *dst = de ? changing(f, de->ino) : NULL;
     ASSERT(src && (!de || dst));
     bool exchange = fl & RENAME_EXCHANGE;
     if (exchange && !de)
@@ -1280,7 +1335,7 @@ static int64_t op_rename(struct fsm *f, const struct fsm_op *op, struct fsm_chan
 
 static int64_t op_setattr(struct fsm *f, const struct fsm_op *op, struct fsm_changes *ch)
 {
-    struct inode *in = itab_get(f, op->ino);
+    struct inode *in = changing(f, op->ino);
     if (!in)
         return -ENOENT;
     uint32_t m = op->flags;
@@ -1331,7 +1386,7 @@ static int64_t op_setattr(struct fsm *f, const struct fsm_op *op, struct fsm_cha
 /* A regular file to change the data of. */
 static int data_inode(struct fsm *f, uint64_t ino, struct inode **out)
 {
-    struct inode *in = itab_get(f, ino);
+    struct inode *in = changing(f, ino);
     if (!in)
         return -ENOENT;
     if (S_ISDIR(in->mode))
@@ -1519,7 +1574,7 @@ static uint32_t xattr_pos(const struct inode *in, const char *name, uint32_t len
 
 static int64_t op_setxattr(struct fsm *f, const struct fsm_op *op, struct fsm_changes *ch)
 {
-    struct inode *in = itab_get(f, op->ino);
+    struct inode *in = changing(f, op->ino);
     if (!in)
         return -ENOENT;
     if (op->flags & ~(uint32_t)(XATTR_CREATE | XATTR_REPLACE))
@@ -1564,7 +1619,7 @@ static int64_t op_setxattr(struct fsm *f, const struct fsm_op *op, struct fsm_ch
 
 static int64_t op_removexattr(struct fsm *f, const struct fsm_op *op, struct fsm_changes *ch)
 {
-    struct inode *in = itab_get(f, op->ino);
+    struct inode *in = changing(f, op->ino);
     if (!in)
         return -ENOENT;
     bool found;
@@ -1591,7 +1646,7 @@ static int64_t op_release(struct fsm *f, const struct fsm_op *op)
     uint32_t bit = 1u << (op->node - 1);
     size_t n = op->data_len / 8;
     for (size_t i = 0; i < n; i++) {
-        struct inode *in = itab_get(f, le_get_u64(op->data + i * 8));
+        struct inode *in = changing(f, le_get_u64(op->data + i * 8));
         /* Not an orphan (any more): a stale or duplicate release. */
         if (!in || !in->orphan || !(in->release_mask & bit))
             continue;
@@ -1642,6 +1697,8 @@ void fsm_free(struct fsm *f)
     free(f->itab);
     free(f->orphans);
     free(f->scratch);
+    if (f->cap.active)
+        capture_end(&f->cap);
     pthread_rwlock_destroy(&f->lock);
     free(f);
 }
@@ -2003,22 +2060,13 @@ struct ikey {
     struct inode *in;
 };
 
-/* Every inode, in ascending inode order, and (if inos is not NULL) their
- * numbers in a parallel array for inodes_find; the caller frees both. The
- * caller holds the lock. An LSD radix sort on the numbers, one pass per
- * byte of the largest: a comparison sort chasing inode pointers was most
- * of an image's encode time (cache misses). */
-static struct inode **inodes_sorted(const struct fsm *f, uint64_t **inos)
+/* Sorts a[0..n) by inode number (none above max); returns the sorted
+ * array, which is a or a new one (a is then freed). An LSD radix sort, one
+ * pass per byte of the largest: a comparison sort chasing inode pointers
+ * was most of an image's encode time (cache misses). */
+static struct ikey *ikeys_sort(struct ikey *a, uint64_t n, uint64_t max)
 {
-    uint64_t n = f->n_inodes;
-    struct ikey *a = xmalloc(n * sizeof *a), *b = xmalloc(n * sizeof *b);
-    uint64_t k = 0, max = 0;
-    for (uint64_t i = 0; i < f->itab_cap; i++)
-        if (f->itab[i]) {
-            a[k++] = (struct ikey){.ino = f->itab[i]->ino, .in = f->itab[i]};
-            max = MAX(max, f->itab[i]->ino);
-        }
-    ASSERT(k == n);
+    struct ikey *b = xmalloc(MAX(n, 1) * sizeof *b);
     for (unsigned shift = 0; shift < 64 && (max >> shift) != 0; shift += 8) {
         uint64_t count[257] = {0};
         for (uint64_t i = 0; i < n; i++)
@@ -2031,6 +2079,25 @@ static struct inode **inodes_sorted(const struct fsm *f, uint64_t **inos)
         a = b;
         b = t;
     }
+    free(b);
+    return a;
+}
+
+/* Every inode, in ascending inode order, and (if inos is not NULL) their
+ * numbers in a parallel array for inodes_find; the caller frees both. The
+ * caller holds the lock. */
+static struct inode **inodes_sorted(const struct fsm *f, uint64_t **inos)
+{
+    uint64_t n = f->n_inodes;
+    struct ikey *a = xmalloc(MAX(n, 1) * sizeof *a);
+    uint64_t k = 0, max = 0;
+    for (uint64_t i = 0; i < f->itab_cap; i++)
+        if (f->itab[i]) {
+            a[k++] = (struct ikey){.ino = f->itab[i]->ino, .in = f->itab[i]};
+            max = MAX(max, f->itab[i]->ino);
+        }
+    ASSERT(k == n);
+    a = ikeys_sort(a, n, max);
     struct inode **all = xmalloc(n * sizeof *all);
     uint64_t *keys = inos ? xmalloc(n * sizeof *keys) : NULL;
     for (uint64_t i = 0; i < n; i++) {
@@ -2039,7 +2106,6 @@ static struct inode **inodes_sorted(const struct fsm *f, uint64_t **inos)
             keys[i] = a[i].ino;
     }
     free(a);
-    free(b);
     if (inos)
         *inos = keys;
     return all;
@@ -2504,27 +2570,181 @@ fail:
 /* ------------------------------------------------------------------ */
 /* public: snapshots                                                   */
 
-int fsm_image_encode(struct fsm *f, struct buf *out)
+/* ---- images made while applies go on (struct capture) ---- */
+
+/* How many inodes the encoder handles per hold of the read lock: an apply
+ * waits for one batch at most (well under a millisecond). */
+#define CAPTURE_BATCH 1024
+
+void (*fsm_test_image_batch_hook)(uint64_t encoded);
+
+static size_t saved_slot(const struct capture *c, const struct inode *in)
 {
+    size_t mask = c->saved_cap - 1;
+    size_t i = (size_t)mix64((uint64_t)(uintptr_t)in) & mask;
+    while (c->saved[i].in && c->saved[i].in != in)
+        i = (i + 1) & mask;
+    return i;
+}
+
+static const struct saved *saved_find(const struct capture *c, const struct inode *in)
+{
+    const struct saved *e = &c->saved[saved_slot(c, in)];
+    return e->in ? e : NULL;
+}
+
+static void saved_add(struct capture *c, const struct saved *e)
+{
+    if (2 * (c->n_saved + 1) > c->saved_cap) {
+        struct saved *old = c->saved;
+        size_t old_cap = c->saved_cap;
+        c->saved_cap *= 2;
+        c->saved = xcalloc(c->saved_cap, sizeof *c->saved);
+        for (size_t i = 0; i < old_cap; i++)
+            if (old[i].in)
+                c->saved[saved_slot(c, old[i].in)] = old[i];
+        free(old);
+    }
+    c->saved[saved_slot(c, e->in)] = *e;
+    c->n_saved++;
+}
+
+/* Under the write lock, before in changes (or, freeing, goes): keeps its
+ * record as of fsm_image_begin unless the encoder has it already. An inode
+ * freed is always entered, whatever the encoder did, so that nothing
+ * follows its address again. Inodes made since begin are not in the image. */
+static void capture_save(struct fsm *f, struct inode *in, bool freeing)
+{
+    struct capture *c = &f->cap;
+    if (!c->active || c->all_saved || in->ino >= c->next_ino)
+        return;
+    if (in->image_gen == c->gen && (!freeing || saved_find(c, in)))
+        return;
+    struct saved e = {.in = in, .ino = in->ino, .off = c->records.len};
+    img_put_inode(&c->records, in);
+    e.len = c->records.len - e.off;
+    saved_add(c, &e);
+    in->image_gen = c->gen;
+}
+
+/* Under the write lock, before the whole state is replaced: every inode of
+ * the image is saved, and the image no longer looks at the live state. */
+static void capture_save_all(struct fsm *f)
+{
+    struct capture *c = &f->cap;
+    if (!c->active || c->all_saved)
+        return;
+    for (uint64_t i = 0; i < c->tab_cap; i++) {
+        struct inode *in = c->tab[i];
+        /* Not saved: never freed, so its address is still that inode. */
+        if (in && !saved_find(c, in) && in->image_gen != c->gen) {
+            struct saved e = {.in = in, .ino = in->ino, .off = c->records.len};
+            img_put_inode(&c->records, in);
+            e.len = c->records.len - e.off;
+            saved_add(c, &e);
+        }
+    }
+    c->all_saved = true;
+}
+
+int fsm_image_begin(struct fsm *f)
+{
+    pthread_rwlock_wrlock(&f->lock);
+    struct capture *c = &f->cap;
+    if (c->active) {
+        pthread_rwlock_unlock(&f->lock);
+        return -EBUSY;
+    }
+    c->active = true;
+    c->all_saved = false;
+    c->gen++;
+    c->next_ino = f->next_ino;
+    c->n_inodes = f->n_inodes;
+    c->n_orphans = f->n_orphans;
+    c->orphans = xmalloc(MAX(f->n_orphans, 1) * sizeof *c->orphans);
+    if (f->n_orphans)
+        memcpy(c->orphans, f->orphans, f->n_orphans * sizeof *c->orphans);
+    c->tab_cap = f->itab_cap;
+    c->tab = xmalloc(f->itab_cap * sizeof *c->tab);
+    memcpy(c->tab, f->itab, f->itab_cap * sizeof *c->tab);
+    buf_init(&c->records);
+    c->saved_cap = 64;
+    c->saved = xcalloc(c->saved_cap, sizeof *c->saved);
+    c->n_saved = 0;
+    pthread_rwlock_unlock(&f->lock);
+    return 0;
+}
+
+int fsm_image_finish(struct fsm *f, struct buf *out)
+{
+    struct capture *c = &f->cap;
     pthread_rwlock_rdlock(&f->lock);
+    bool active = c->active;
+    uint64_t n = c->n_inodes, tab_cap = c->tab_cap;
+    pthread_rwlock_unlock(&f->lock);
+    if (!active)
+        return -EINVAL;
+    /* The image's inodes by number: a saved record knows its number, any
+     * other inode is as it was at begin. */
+    struct ikey *a = xmalloc(MAX(n, 1) * sizeof *a);
+    uint64_t k = 0, max = 0;
+    for (uint64_t i = 0; i < tab_cap; i += CAPTURE_BATCH) {
+        pthread_rwlock_rdlock(&f->lock);
+        for (uint64_t j = i; j < MIN(tab_cap, i + CAPTURE_BATCH); j++) {
+            struct inode *in = c->tab[j];
+            if (!in)
+                continue;
+            const struct saved *e = saved_find(c, in);
+            uint64_t ino = e ? e->ino : in->ino;
+            ASSERT(k < n);
+            a[k++] = (struct ikey){.ino = ino, .in = in};
+            max = MAX(max, ino);
+        }
+        pthread_rwlock_unlock(&f->lock);
+    }
+    ASSERT(k == n);
+    a = ikeys_sort(a, n, max);
+
     size_t start = out->len;
-    buf_reserve(out, IMG_HDR_LEN + f->n_inodes * (IMG_INODE_MIN + 24) + 8 * f->n_orphans + 12);
+    buf_reserve(out, IMG_HDR_LEN + n * (IMG_INODE_MIN + 24) + 8 * c->n_orphans + 12);
     buf_put(out, IMG_MAGIC, 4);
     buf_put_u8(out, IMG_VERSION);
     buf_put_u32(out, f->n_nodes);
     buf_put_u32(out, f->bs);
-    buf_put_u64(out, f->next_ino);
-    buf_put_u64(out, f->n_inodes);
-    struct inode **all = inodes_sorted(f, NULL);
-    for (uint64_t i = 0; i < f->n_inodes; i++)
-        img_put_inode(out, all[i]);
-    buf_put_u64(out, f->n_orphans);
-    for (size_t i = 0; i < f->n_orphans; i++)
-        buf_put_u64(out, f->orphans[i]);
-    pthread_rwlock_unlock(&f->lock);
-    free(all);
+    buf_put_u64(out, c->next_ino);
+    buf_put_u64(out, n);
+    for (uint64_t i = 0; i < n; i += CAPTURE_BATCH) {
+        pthread_rwlock_rdlock(&f->lock);
+        for (uint64_t j = i; j < MIN(n, i + CAPTURE_BATCH); j++) {
+            const struct saved *e = saved_find(c, a[j].in);
+            if (e) {
+                buf_put(out, c->records.data + e->off, e->len);
+            } else {
+                img_put_inode(out, a[j].in);
+                /* Only this thread writes image_gen under the read lock;
+                 * readers never look at it. */
+                a[j].in->image_gen = c->gen;
+            }
+        }
+        pthread_rwlock_unlock(&f->lock);
+        if (fsm_test_image_batch_hook)
+            fsm_test_image_batch_hook(MIN(n, i + CAPTURE_BATCH));
+    }
+    free(a);
+    buf_put_u64(out, c->n_orphans);
+    for (size_t i = 0; i < c->n_orphans; i++)
+        buf_put_u64(out, c->orphans[i]);
     buf_put_u32(out, crc32c(0, out->data + start, out->len - start));
+    pthread_rwlock_wrlock(&f->lock);
+    capture_end(c);
+    pthread_rwlock_unlock(&f->lock);
     return 0;
+}
+
+int fsm_image_encode(struct fsm *f, struct buf *out)
+{
+    int rc = fsm_image_begin(f);
+    return rc != 0 ? rc : fsm_image_finish(f, out);
 }
 
 int fsm_image_restore(struct fsm *f, const uint8_t *p, size_t len)
@@ -2541,6 +2761,7 @@ int fsm_image_restore(struct fsm *f, const uint8_t *p, size_t len)
     if (rc != 0)
         return rc;
     pthread_rwlock_wrlock(&f->lock);
+    capture_save_all(f); /* the old inodes go below */
     /* The new references first, so that a block both states map never
      * drops to zero references (where a concurrent store_gc could take it). */
     for (uint64_t i = 0; i < s->itab_cap; i++) {
@@ -2662,7 +2883,7 @@ int fsm_linked_blocks(struct fsm *f, fsm_block_fn fn, void *ctx)
 int fsm_test_diverge(struct fsm *f, uint64_t ino)
 {
     pthread_rwlock_wrlock(&f->lock);
-    struct inode *in = itab_get(f, ino);
+    struct inode *in = changing(f, ino);
     if (in)
         in->mtime_ns++;
     pthread_rwlock_unlock(&f->lock);

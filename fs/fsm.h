@@ -260,10 +260,23 @@ uint64_t fsm_digest(struct fsm *f);
  * directory entries in cookie order with each entry's cookie and the dir's
  * next_cookie; the block map (index, name, len); the symlink target), the orphan
  * list, and a CRC32C (base/crc32c.h) of everything before it as the last 4 bytes.
- * Block contents are not included: blocks are named. Runs under the read lock
- * (applies wait, readers do not). Deterministic: two replicas in the same state
- * produce byte-identical images. 0 or -errno. */
+ * Block contents are not included: blocks are named. Deterministic: two
+ * replicas in the same state produce byte-identical images. 0 or -errno.
+ *
+ * In two steps, so that applies need not wait for the encoding:
+ * fsm_image_begin fixes the state the image shows (quick: it copies the
+ * inode table's pointers, not the inodes); fsm_image_finish, on any thread
+ * and while applies go on, encodes that state. Until finish, an apply saves
+ * the record of each inode it changes first (copy-on-write per inode). One
+ * image at a time: begin is -EBUSY while one is in the making, finish
+ * -EINVAL without one. fsm_image_encode is both steps at once. */
+int fsm_image_begin(struct fsm *f);
+int fsm_image_finish(struct fsm *f, struct buf *out);
 int fsm_image_encode(struct fsm *f, struct buf *out);
+/* Tests only (NULL otherwise): called by fsm_image_finish, with no lock
+ * held, each time it has encoded another batch of inodes (`encoded` so
+ * far), so that a test can hold the encoder at a chosen point. */
+extern void (*fsm_test_image_batch_hook)(uint64_t encoded);
 
 /* Replaces f's whole state with the image's. First decodes into a new state,
  * checking every length, count, type, name rule (fsm_op_encode's rules), that

@@ -609,10 +609,16 @@ static void pin_image(struct mnt *m, const uint8_t *image, size_t len)
     pins_drop(m, &oldest);
 }
 
-static int sm_snapshot(void *ctx, struct buf *out)
+static int sm_snapshot_begin(void *ctx)
 {
     struct mnt *m = ctx;
-    return fsm_image_encode(m->fsm, out);
+    return fsm_image_begin(m->fsm);
+}
+
+static int sm_snapshot_image(void *ctx, struct buf *out)
+{
+    struct mnt *m = ctx;
+    return fsm_image_finish(m->fsm, out);
 }
 
 static int sm_restore(void *ctx, const uint8_t *image, size_t len)
@@ -2118,7 +2124,8 @@ static int open_node(struct mnt *m, const struct cluster_config *cc, char *err, 
         .config_path = o->config_path,
         .node = o->node,
         .data_dir = o->data_dir,
-        .sm = {m, sm_apply, sm_snapshot, sm_restore, sm_sync, sm_snapshot_needed},
+        .sm = {m, sm_apply, sm_snapshot_begin, sm_snapshot_image, sm_restore, sm_sync,
+               sm_snapshot_needed},
         .op_timeout_ms = o->op_timeout_ms,
         .snapshot_every_slots = o->snapshot_every_slots,
         .log_slack_slots = o->log_slack_slots,

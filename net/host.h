@@ -37,7 +37,7 @@ struct host_options {
     struct replica_sm sm;
     uint32_t op_timeout_ms;  /* 0: the cluster's op_timeout_s */
     /* Snapshots (replica.h; 0: its defaults), taken into DATADIR/snap when
-     * sm.snapshot is set. */
+     * sm.snapshot_begin is set. */
     uint64_t snapshot_every_slots;
     uint64_t snapshot_every_bytes;
     uint64_t log_slack_slots;

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1063,4 +1064,268 @@ Test(fsm_image, restores_run_while_readers_read)
     fsm_free(g);
     buf_deinit(&full);
     buf_deinit(&empty);
+}
+
+/* ---- images made while applies go on (fsm_image_begin / _finish) ---- */
+
+/* Applies op and returns its result; a failed op is fine here (the churn
+ * tries things that may not apply any more), only the state matters. */
+static int64_t try_(struct fsm *f, struct fsm_op op)
+{
+    return apply_to(f, &op);
+}
+
+/* Round r of changes of every kind an apply makes, to the populated tree t
+ * and to the files files[0..n): each inode the image holds gets changed,
+ * renamed, unlinked or freed by one of them. */
+static void churn(struct fsm *f, const struct tree *t, const uint64_t *files, size_t n, unsigned r)
+{
+    char name[32], other[32];
+    uint64_t ino = files[r % n];
+    snprintf(name, sizeof name, "m%zu", (size_t)(r % n));
+    snprintf(other, sizeof other, "n%u", r);
+    switch (r % 14) {
+    case 0: /* a write inside a block, and one past the end */
+        try_(f, (struct fsm_op){.type = FSM_OP_WRITE, .ino = ino, .offset = r % BS,
+                                .data = (const uint8_t *)"written", .data_len = 7});
+        try_(f, (struct fsm_op){.type = FSM_OP_WRITE, .ino = ino, .offset = 2 * BS,
+                                .data = (const uint8_t *)"past", .data_len = 4});
+        break;
+    case 1: /* truncate down and up, chmod, chown, times */
+        try_(f, (struct fsm_op){.type = FSM_OP_SETATTR, .ino = ino, .flags = FSM_SET_SIZE,
+                                .attr = {.size = 7}});
+        try_(f, (struct fsm_op){.type = FSM_OP_SETATTR, .ino = ino,
+                                .flags = FSM_SET_MODE | FSM_SET_UID | FSM_SET_MTIME,
+                                .attr = {.mode = 0600, .uid = 7, .mtime_ns = 99}});
+        break;
+    case 2: /* punch a hole, extend by fallocate */
+        try_(f, (struct fsm_op){.type = FSM_OP_FALLOCATE, .ino = ino,
+                                .flags = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                .offset = 0, .length = 50});
+        try_(f, (struct fsm_op){.type = FSM_OP_FALLOCATE, .ino = ino, .offset = 0,
+                                .length = 9 * BS});
+        break;
+    case 3:
+        try_(f, (struct fsm_op){.type = FSM_OP_SETXATTR, .ino = ino, .name = "user.new",
+                                .name_len = 8, .data = (const uint8_t *)"v", .data_len = 1});
+        try_(f, (struct fsm_op){.type = FSM_OP_REMOVEXATTR, .ino = t->f, .name = "user.a",
+                                .name_len = 6});
+        break;
+    case 4: /* another name in another directory */
+        try_(f, (struct fsm_op){.type = FSM_OP_LINK, .ino = ino, .new_parent = t->c,
+                                .new_name = other, .new_name_len = (uint32_t)strlen(other)});
+        break;
+    case 5: /* a rename across directories, replacing nothing */
+        try_(f, (struct fsm_op){.type = FSM_OP_RENAME, .parent = FSM_ROOT_INO, .name = name,
+                                .name_len = (uint32_t)strlen(name), .new_parent = t->b,
+                                .new_name = name, .new_name_len = (uint32_t)strlen(name)});
+        break;
+    case 6: /* an exchange of a directory and a file */
+        try_(f, (struct fsm_op){.type = FSM_OP_RENAME, .parent = FSM_ROOT_INO, .name = "c",
+                                .name_len = 1, .new_parent = t->a, .new_name = "f",
+                                .new_name_len = 1, .flags = RENAME_EXCHANGE});
+        break;
+    case 7: /* unlinked, then released by every node: freed */
+        try_(f, (struct fsm_op){.type = FSM_OP_UNLINK, .parent = FSM_ROOT_INO, .name = name,
+                                .name_len = (uint32_t)strlen(name)});
+        try_(f, (struct fsm_op){.type = FSM_OP_UNLINK, .parent = t->b, .name = name,
+                                .name_len = (uint32_t)strlen(name)});
+        for (uint32_t node = 1; node <= NODES; node++)
+            release_(f, node, ino); /* a no-op for a linked inode */
+        break;
+    case 8: /* the orphans of the populated tree go */
+        for (uint32_t node = 1; node <= NODES; node++) {
+            release_(f, node, t->orphan);
+            release_(f, node, t->dead_dir);
+        }
+        break;
+    case 9: /* new inodes: not in the image */
+        try_(f, (struct fsm_op){.type = FSM_OP_MKDIR, .parent = t->b, .name = other,
+                                .name_len = (uint32_t)strlen(other), .mode = 0755});
+        strcat(other, "s");
+        try_(f, (struct fsm_op){.type = FSM_OP_SYMLINK, .parent = t->b, .name = other,
+                                .name_len = (uint32_t)strlen(other),
+                                .data = (const uint8_t *)"t", .data_len = 1});
+        break;
+    case 10: /* a directory emptied and removed */
+        try_(f, (struct fsm_op){.type = FSM_OP_UNLINK, .parent = t->b, .name = "fifo",
+                                .name_len = 4});
+        try_(f, (struct fsm_op){.type = FSM_OP_UNLINK, .parent = t->b, .name = "null",
+                                .name_len = 4});
+        try_(f, (struct fsm_op){.type = FSM_OP_UNLINK, .parent = t->b, .name = "s",
+                                .name_len = 1});
+        break;
+    case 11: /* a replacing rename: the victim is orphaned */
+        try_(f, (struct fsm_op){.type = FSM_OP_RENAME, .parent = FSM_ROOT_INO, .name = "x1",
+                                .name_len = 2, .new_parent = FSM_ROOT_INO, .new_name = name,
+                                .new_name_len = (uint32_t)strlen(name)});
+        break;
+    case 12:
+        try_(f, (struct fsm_op){.type = FSM_OP_WRITE, .ino = t->big, .offset = (5ull << 30) + 9,
+                                .data = (const uint8_t *)"tail", .data_len = 4});
+        try_(f, (struct fsm_op){.type = FSM_OP_SETATTR, .ino = t->link, .flags = FSM_SET_MODE,
+                                .attr = {.mode = 0700}});
+        break;
+    default: /* the divergence hook changes an inode outside apply */
+        cr_assert_eq(fsm_test_diverge(f, t->y2), 0);
+        break;
+    }
+}
+
+/* A populated tree with `n` more files in the root, for a longer encode. */
+static struct tree populate_many(struct fsm *f, uint64_t *files, size_t n)
+{
+    struct tree t = populate(f);
+    for (size_t i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "m%zu", i);
+        files[i] = mkfile(f, FSM_ROOT_INO, name);
+        fill(f, files[i], 0, (int)('a' + i % 26), 10);
+        setxattr_(f, files[i], "user.k", "v");
+    }
+    return t;
+}
+
+Test(fsm_image, an_image_shows_the_state_at_begin_whatever_applies_do_before_finish)
+{
+    uint64_t files[64];
+    struct tree t = populate_many(fs, files, 64);
+    struct buf want, got;
+    encode(fs, &want);
+    cr_assert_eq(fsm_image_begin(fs), 0);
+    cr_assert_eq(fsm_image_begin(fs), -EBUSY, "one image at a time");
+    for (unsigned r = 0; r < 3 * 64; r++)
+        churn(fs, &t, files, 64, r);
+    buf_init(&got);
+    cr_assert_eq(fsm_image_finish(fs, &got), 0);
+    bufs_equal(&want, &got, "image begun before the changes");
+    cr_assert_eq(fsm_image_finish(fs, &got), -EINVAL, "none in the making");
+    /* The image restores to the state as of begin, and the live state is
+     * whole (every saved inode was freed once, at the right time). */
+    struct fsm *g = fresh();
+    cr_assert_eq(fsm_image_restore(g, got.data, got.len), 0);
+    check_clean(g);
+    check_clean(fs);
+    fsm_free(g);
+    /* And the next image shows the changes. */
+    buf_deinit(&got);
+    encode(fs, &got);
+    cr_assert(want.len != got.len || memcmp(want.data, got.data, want.len) != 0);
+    buf_deinit(&want);
+    buf_deinit(&got);
+}
+
+struct finisher {
+    struct fsm *f;
+    struct buf out;
+    int rc;
+    atomic_bool done;
+};
+
+static void *finisher_main(void *arg)
+{
+    struct finisher *fin = arg;
+    buf_init(&fin->out);
+    fin->rc = fsm_image_finish(fin->f, &fin->out);
+    atomic_store(&fin->done, true);
+    return NULL;
+}
+
+Test(fsm_image, an_image_encoded_on_another_thread_while_applies_go_on_is_the_state_at_begin)
+{
+    enum { FILES = 6000 };
+    uint64_t *files = malloc(FILES * sizeof *files);
+    struct tree t = populate_many(fs, files, FILES);
+    struct buf want;
+    encode(fs, &want);
+    for (int round = 0; round < 4; round++) {
+        cr_assert_eq(fsm_image_begin(fs), 0);
+        struct finisher fin = {.f = fs};
+        pthread_t th;
+        cr_assert_eq(pthread_create(&th, NULL, finisher_main, &fin), 0);
+        unsigned r = (unsigned)round * 997;
+        for (unsigned k = 0; k < 20000 && !atomic_load(&fin.done); k++)
+            churn(fs, &t, files, FILES, r++);
+        pthread_join(th, NULL);
+        cr_assert_eq(fin.rc, 0);
+        bufs_equal(&want, &fin.out, "image begun before the changes");
+        buf_deinit(&fin.out);
+        check_clean(fs);
+        buf_deinit(&want);
+        encode(fs, &want); /* the next round's state */
+    }
+    buf_deinit(&want);
+    free(files);
+}
+
+Test(fsm_image, a_restore_before_finish_leaves_the_image_as_begun)
+{
+    uint64_t files[8];
+    populate_many(fs, files, 8);
+    struct buf want, empty, got;
+    encode(fs, &want);
+    struct fsm *e = fresh();
+    encode(e, &empty);
+    fsm_free(e);
+    cr_assert_eq(fsm_image_begin(fs), 0);
+    cr_assert_eq(fsm_image_restore(fs, empty.data, empty.len), 0);
+    mkfile(fs, FSM_ROOT_INO, "after"); /* reuses the freed inodes' memory */
+    buf_init(&got);
+    cr_assert_eq(fsm_image_finish(fs, &got), 0);
+    bufs_equal(&want, &got, "image begun before the restore");
+    buf_deinit(&want);
+    buf_deinit(&empty);
+    buf_deinit(&got);
+}
+
+/* Holds the encoder after its first batch until the test lets it go. */
+static sem_t encoder_held, encoder_go;
+
+static void hold_after_first_batch(uint64_t encoded)
+{
+    (void)encoded;
+    fsm_test_image_batch_hook = NULL;
+    sem_post(&encoder_held);
+    sem_wait(&encoder_go);
+}
+
+Test(fsm_image, a_restore_while_another_thread_encodes_leaves_the_image_as_begun)
+{
+    enum { FILES = 3000 };
+    uint64_t *files = malloc(FILES * sizeof *files);
+    populate_many(fs, files, FILES);
+    struct buf want, empty;
+    encode(fs, &want);
+    struct fsm *e = fresh();
+    encode(e, &empty);
+    fsm_free(e);
+    cr_assert_eq(sem_init(&encoder_held, 0, 0), 0);
+    cr_assert_eq(sem_init(&encoder_go, 0, 0), 0);
+    fsm_test_image_batch_hook = hold_after_first_batch;
+    cr_assert_eq(fsm_image_begin(fs), 0);
+    struct finisher fin = {.f = fs};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, finisher_main, &fin), 0);
+    sem_wait(&encoder_held);
+    /* The first files are encoded now: freed, nothing need keep them, but
+     * the restore below must not follow their addresses; later files are
+     * saved as they go. */
+    for (size_t k = 0; k < FILES / 2; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "m%zu", k);
+        try_(fs, (struct fsm_op){.type = FSM_OP_UNLINK, .parent = FSM_ROOT_INO, .name = name,
+                                 .name_len = (uint32_t)strlen(name)});
+        for (uint32_t node = 1; node <= NODES; node++)
+            release_(fs, node, files[k]);
+    }
+    cr_assert_eq(fsm_image_restore(fs, empty.data, empty.len), 0);
+    mkfile(fs, FSM_ROOT_INO, "after");
+    sem_post(&encoder_go);
+    pthread_join(th, NULL);
+    cr_assert_eq(fin.rc, 0);
+    bufs_equal(&want, &fin.out, "image begun before the frees and the restore");
+    buf_deinit(&fin.out);
+    buf_deinit(&want);
+    buf_deinit(&empty);
+    free(files);
 }

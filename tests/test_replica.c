@@ -33,6 +33,8 @@
  * below the line are this process's observations, not state. */
 #define RING 4
 #define RING_VALUE_MAX 24
+#define IMAGE_MAGIC 0x4e49414843545345ull /* "ESTCHAIN" */
+#define IMAGE_BYTES (4 * 8 + RING * (1 + RING_VALUE_MAX))
 struct chain_sm {
     pthread_mutex_t lock;
     uint64_t hash;
@@ -41,6 +43,7 @@ struct chain_sm {
     uint8_t ring_len[RING];
     uint8_t ring[RING][RING_VALUE_MAX];
     /* -- not in the image -- */
+    uint8_t begun[IMAGE_BYTES]; /* the image sm_snapshot_begin fixed */
     uint64_t applies;        /* apply calls since open */
     uint64_t restores;       /* restore calls that succeeded since open */
     uint64_t restored_count; /* count of the last image restored */
@@ -90,8 +93,6 @@ static int64_t sm_apply(void *ctx, uint64_t slot, const uint8_t *data, size_t le
     return result;
 }
 
-#define IMAGE_MAGIC 0x4e49414843545345ull /* "ESTCHAIN" */
-#define IMAGE_BYTES (4 * 8 + RING * (1 + RING_VALUE_MAX))
 
 /* The image, lock held. */
 static void image_of(const struct chain_sm *sm, struct buf *out)
@@ -106,12 +107,24 @@ static void image_of(const struct chain_sm *sm, struct buf *out)
     }
 }
 
-static int sm_snapshot(void *ctx, struct buf *out)
+static int sm_snapshot_begin(void *ctx)
 {
     struct chain_sm *sm = ctx;
+    struct buf b;
+    buf_init(&b);
     pthread_mutex_lock(&sm->lock);
-    image_of(sm, out);
+    image_of(sm, &b);
     pthread_mutex_unlock(&sm->lock);
+    cr_assert_eq(b.len, IMAGE_BYTES);
+    memcpy(sm->begun, b.data, IMAGE_BYTES);
+    buf_deinit(&b);
+    return 0;
+}
+
+static int sm_snapshot_image(void *ctx, struct buf *out)
+{
+    struct chain_sm *sm = ctx;
+    buf_put(out, sm->begun, IMAGE_BYTES);
     return 0;
 }
 
@@ -201,7 +214,8 @@ static void node_config(int id, struct chain_sm *sm, struct replica_config *c)
         c->log_slack_slots = 5;
         if (log_slack_bytes)
             c->log_slack_bytes = log_slack_bytes;
-        c->sm.snapshot = sm_snapshot;
+        c->sm.snapshot_begin = sm_snapshot_begin;
+        c->sm.snapshot_image = sm_snapshot_image;
         c->sm.restore = sm_restore;
         c->sm.sync = sm_sync;
         c->sm.snapshot_needed = sm_snapshot_needed;

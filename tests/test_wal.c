@@ -23,6 +23,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -942,6 +943,56 @@ Test(wal, truncate_before_drops_whole_old_segments_only)
     cr_assert_eq(wal_last_lsn(w), 100);
     append_model(w, len_100, 101);
     cr_assert_eq(replay_check(w, len_100, 1), 1);
+    cr_assert_eq(wal_close(w), 0);
+}
+
+struct truncator {
+    struct wal *w;
+    atomic_bool stop;
+    int failures, cuts;
+};
+
+/* Cuts the log 20 records behind its end, over and over, as the replica's
+ * snapshot thread does while the replica thread appends. */
+static void *truncator_main(void *arg)
+{
+    struct truncator *t = arg;
+    for (int i = 0; i < 100000 && !atomic_load(&t->stop); i++) {
+        uint64_t last = wal_last_lsn(t->w);
+        if (last > 20) {
+            t->failures += wal_truncate_before(t->w, last - 20) != 0;
+            t->cuts++;
+        }
+        usleep(200);
+    }
+    return NULL;
+}
+
+Test(wal, truncation_on_another_thread_while_appends_go_on_keeps_a_whole_suffix)
+{
+    struct wal_options o = {.segment_bytes = 1024};
+    struct wal *w = open_ok(&o);
+    struct truncator t = {.w = w};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, truncator_main, &t), 0);
+    for (int i = 0; i < 3000; i++) {
+        append_n(w, len_100, 1);
+        if (i % 7 == 0)
+            cr_assert_eq(wal_sync(w, wal_last_lsn(w)), 0);
+    }
+    atomic_store(&t.stop, true);
+    pthread_join(th, NULL);
+    cr_assert_eq(t.failures, 0);
+    cr_assert_gt(t.cuts, 0);
+    uint64_t first = wal_first_lsn(w);
+    cr_assert_gt(first, 1, "the truncations dropped segments");
+    cr_assert_eq(replay_check(w, len_100, 1), 3000 - first + 1);
+    cr_assert_eq(wal_close(w), 0);
+    /* What is on disk is what the handle said: a contiguous suffix. */
+    w = open_ok(&o);
+    cr_assert_eq(wal_first_lsn(w), first);
+    cr_assert_eq(wal_last_lsn(w), 3000);
+    cr_assert_eq(replay_check(w, len_100, 1), 3000 - first + 1);
     cr_assert_eq(wal_close(w), 0);
 }
 
