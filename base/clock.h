@@ -4,7 +4,9 @@
 #ifndef PAXFS_BASE_CLOCK_H
 #define PAXFS_BASE_CLOCK_H
 
+#include <pthread.h>
 #include <stdint.h>
+#include <time.h>
 
 typedef uint64_t (*clock_fn)(void *ctx);
 
@@ -15,5 +17,13 @@ uint64_t clock_now_ns(void);
 uint64_t clock_wall_ns(void);
 /* Installs a fake monotonic clock; NULL restores the real one. */
 void clock_set_fake(clock_fn fn, void *ctx);
+
+/* Timed waits. A condition variable waited on with a timeout is made by
+ * cond_init_monotonic, so that a step of the wall clock neither cuts a wait
+ * short nor stretches it; deadline_in_ms is the absolute time ms from now
+ * on that clock, for pthread_cond_timedwait. Both use the real clock, never
+ * the fake: the kernel does the waiting. */
+int cond_init_monotonic(pthread_cond_t *c);
+void deadline_in_ms(struct timespec *ts, uint64_t ms);
 
 #endif

@@ -305,11 +305,7 @@ static int open_replica(const struct replica_config *cfg, bool online, struct re
     pthread_cond_init(&r->snap_wake, NULL);
     r->status.snapshot_slot = r->snap_slot;
     pthread_mutex_init(&r->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&r->wake, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&r->wake);
     publish_status(r); /* what start-up will replay up to is known now */
     LOG_I("node=%u event=replica_open session=%llu snapshot=%llu commit=%llu", cfg->id,
           (unsigned long long)r->session, (unsigned long long)r->snap_slot,
@@ -392,23 +388,12 @@ static void fail_all(struct replica *r, int status)
     }
 }
 
-static void deadline_after(struct timespec *ts, uint32_t ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 /* Waits (r->lock held) until w completes or the op timeout passes; on
  * timeout w is taken out of whatever list holds it. */
 static int wait_done(struct replica *r, struct waiter *w, struct waiter **lists[], size_t n_lists)
 {
     struct timespec dl;
-    deadline_after(&dl, r->cfg.op_timeout_ms ? r->cfg.op_timeout_ms : 30000);
+    deadline_in_ms(&dl, r->cfg.op_timeout_ms ? r->cfg.op_timeout_ms : 30000);
     while (!w->done) {
         if (pthread_cond_timedwait(&w->cond, &r->lock, &dl) == ETIMEDOUT && !w->done) {
             for (size_t i = 0; i < n_lists; i++)
@@ -424,11 +409,7 @@ static int wait_done(struct replica *r, struct waiter *w, struct waiter **lists[
 static void waiter_init(struct waiter *w)
 {
     memset(w, 0, sizeof *w);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&w->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&w->cond);
 }
 
 int replica_propose(struct replica *r, const void *data, size_t len, int64_t *result)
@@ -1147,7 +1128,7 @@ static void *replica_main(void *arg)
 {
     struct replica *r = arg;
     struct timespec next_tick;
-    deadline_after(&next_tick, r->cfg.tick_ms);
+    deadline_in_ms(&next_tick, r->cfg.tick_ms);
     /* The committed log comes back first: the state machine is rebuilt. */
     int rc = process_ready(r);
     pthread_mutex_lock(&r->lock);
@@ -1177,7 +1158,7 @@ static void *replica_main(void *arg)
                     (now.tv_sec == next_tick.tv_sec && now.tv_nsec >= next_tick.tv_nsec);
         if (tick) {
             px_tick(r->px);
-            deadline_after(&next_tick, r->cfg.tick_ms);
+            deadline_in_ms(&next_tick, r->cfg.tick_ms);
         }
         pthread_mutex_lock(&r->lock);
         propose_backlog(r);

@@ -523,24 +523,13 @@ static void *notifier_main(void *arg)
     return NULL;
 }
 
-static void deadline_ms(struct timespec *ts, unsigned ms)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000;
-    if (ts->tv_nsec >= 1000000000) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000;
-    }
-}
-
 /* Waits, at most MNT_INVAL_DRAIN_MS, until every invalidation queued before
  * the call has been sent. Bounded because a notification can wait for a
  * kernel lock that an unrelated request in flight holds. */
 static void wait_invalidations(struct mnt *m)
 {
     struct timespec until;
-    deadline_ms(&until, MNT_INVAL_DRAIN_MS);
+    deadline_in_ms(&until, MNT_INVAL_DRAIN_MS);
     pthread_mutex_lock(&m->q_lock);
     uint64_t target = m->q_enq;
     while (m->notifier_running && m->q_done < target && !m->q_stop)
@@ -751,7 +740,7 @@ static void *orphan_main(void *arg)
         pthread_mutex_unlock(&m->stop_lock);
         release_orphans(m, held);
         struct timespec until;
-        deadline_ms(&until, MNT_ORPHAN_PERIOD_MS);
+        deadline_in_ms(&until, MNT_ORPHAN_PERIOD_MS);
         pthread_mutex_lock(&m->stop_lock);
         if (!m->stop)
             pthread_cond_timedwait(&m->stop_cond, &m->stop_lock, &until);
@@ -2063,9 +2052,9 @@ static void mnt_init_struct(struct mnt *m, const struct mnt_options *o)
     pthread_mutex_init(&m->pins_lock, NULL);
     pthread_mutex_init(&m->q_lock, NULL);
     pthread_cond_init(&m->q_cond, NULL);
-    pthread_cond_init(&m->q_done_cond, NULL);
+    cond_init_monotonic(&m->q_done_cond);
     pthread_mutex_init(&m->stop_lock, NULL);
-    pthread_cond_init(&m->stop_cond, NULL);
+    cond_init_monotonic(&m->stop_cond);
     m->q = calloc(MNT_INVAL_QUEUE_MAX, sizeof *m->q);
     ASSERT(m->q != NULL);
 }

@@ -238,22 +238,11 @@ static void wait_close(struct xfer *x, struct wait *w)
     w->head = NULL;
 }
 
-static void abs_deadline(struct timespec *ts, uint32_t ms)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 /* The next reply for w, or NULL after timeout_ms (or at stop). */
 static struct frame *wait_next(struct xfer *x, struct wait *w, uint32_t timeout_ms)
 {
     struct timespec dl;
-    abs_deadline(&dl, timeout_ms);
+    deadline_in_ms(&dl, timeout_ms);
     pthread_mutex_lock(&x->lock);
     while (!w->head && !x->stop)
         if (pthread_cond_timedwait(&x->cond, &x->lock, &dl) == ETIMEDOUT)
@@ -884,7 +873,7 @@ static void *receiver_main(void *arg)
               strerror(-rc));
         attempt++;
         struct timespec dl;
-        abs_deadline(&dl, 1000);
+        deadline_in_ms(&dl, 1000);
         while (!x->stop && pthread_cond_timedwait(&x->cond, &x->lock, &dl) != ETIMEDOUT) {
         }
     }
@@ -934,7 +923,7 @@ int xfer_new(const struct xfer_options *o, struct xfer **out)
     x->o = *o;
     pthread_mutex_init(&x->lock, NULL);
     pthread_mutex_init(&x->run_lock, NULL);
-    pthread_cond_init(&x->cond, NULL);
+    cond_init_monotonic(&x->cond);
     x->srv_tail = &x->srv_head;
     int rc = pthread_create(&x->server, NULL, server_main, x);
     if (rc == 0) {

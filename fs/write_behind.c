@@ -200,13 +200,7 @@ static void submit_aged(struct wb *w)
 static void timed_wait(pthread_cond_t *c, pthread_mutex_t *m, unsigned ms)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    deadline_in_ms(&ts, ms);
     pthread_cond_timedwait(c, m, &ts);
 }
 
@@ -268,11 +262,7 @@ struct wb *wb_open(const struct wb_config *cfg)
         return NULL;
     w->cfg = *cfg;
     pthread_mutex_init(&w->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&w->work_cond, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&w->work_cond);
     pthread_cond_init(&w->done_cond, NULL);
     w->last_scan_ns = clock_now_ns();
     w->workers = calloc(cfg->threads, sizeof *w->workers);
