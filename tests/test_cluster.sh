@@ -22,6 +22,8 @@
 # loads smaller for the slower sanitizer builds.
 set -u
 trap '' PIPE
+# shellcheck source=SCRIPTDIR/lib_cluster.sh
+. "$(dirname "$0")/lib_cluster.sh" # reap (its FUSE and TAP parts are not for this script)
 
 if [ $# -ne 2 ] || [ ! -x "$1" ] || [ ! -x "$2" ]; then
     echo "usage: test_cluster.sh PATH/TO/paxfs PATH/TO/paxfs-kv" >&2
@@ -38,12 +40,7 @@ declare -A PID WFD RFD   # keyed "CLUSTER:NODE" while the process runs
 declare -A NODES         # keyed by cluster name
 
 cleanup() {
-    local key
-    for key in "${!PID[@]}"; do
-        kill -CONT "${PID[$key]}" 2>/dev/null
-        kill -KILL "${PID[$key]}" 2>/dev/null
-        wait "${PID[$key]}" 2>/dev/null
-    done
+    reap "${PID[@]}"
     rm -rf "$T"
 }
 trap cleanup EXIT
@@ -106,9 +103,7 @@ node_alive() { [ -n "${PID[$1:$2]:-}" ] && kill -0 "${PID[$1:$2]}" 2>/dev/null; 
 node_kill() {
     local c=$1 k=$2
     [ -n "${PID[$c:$k]:-}" ] || return 0
-    kill -CONT "${PID[$c:$k]}" 2>/dev/null
-    kill -KILL "${PID[$c:$k]}" 2>/dev/null
-    wait "${PID[$c:$k]}" 2>/dev/null
+    reap "${PID[$c:$k]}"
     node_forget "$c" "$k"
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tests/test_mount.sh — a 3-node paxfs cluster mounted through FUSE on
-# loopback, checked from all three mounts. Prints TAP (`ok N name`).
+# loopback, checked from all three mounts. Prints TAP (`ok N - name`).
 #
 # mnt1 and mnt2 use the default consistency (close-to-open), mnt3 is strict:
 # a change made through one mount must show in mnt3 at once, and in mnt1 and
@@ -13,20 +13,16 @@
 #   PAXFS_MOUNT_DEV  `paxfs mount` alone, used while PAXFS_BIN has no mount
 # Everything lives in one mktemp directory; the EXIT trap unmounts and stops
 # the daemons this script started (by PID), also when a check fails. Every
-# wait is bounded.
+# wait is bounded. The cluster, its cleanup and the TAP helpers are
+# tests/lib_cluster.sh's.
 set -u
 export LC_ALL=C
+# shellcheck source=SCRIPTDIR/lib_cluster.sh
+. "$(dirname "$0")/lib_cluster.sh"
 
-skip_all() {
-    echo "1..0 # SKIP $1"
-    exit 0
-}
 [ -n "${PAXFS_BIN:-}" ] || skip_all "PAXFS_BIN not set"
-[ -e /dev/fuse ] || skip_all "no /dev/fuse"
-command -v fusermount3 >/dev/null || skip_all "no fusermount3"
-[ "$(id -u)" -eq 0 ] || skip_all "needs root (chown checks, mknod)"
+fuse_prereqs "chown checks, mknod"
 
-INIT=("$PAXFS_BIN" init)
 if "$PAXFS_BIN" mount --help 2>/dev/null | grep -q 'paxfs mount'; then
     MOUNT=("$PAXFS_BIN" mount)
 elif [ -n "${PAXFS_MOUNT_DEV:-}" ]; then
@@ -36,116 +32,14 @@ else
 fi
 
 T=$(mktemp -d /tmp/paxfs-test-mount.XXXXXX)
-declare -a PIDS=(0 0 0 0)
 # mnt1's op_timeout is short for the no-quorum check of its write-behind.
 OPTS=("" "-o op_timeout=5" "" "-o consistency=strict")
-n=0
-failed=0
-
-mnt() { echo "$T/mnt$1"; }
-
-is_mounted() {
-    awk -v m="$1" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo
-}
-
-stop_node() { # K: unmount, then stop the daemon we started
-    local k=$1 mp
-    mp=$(mnt "$k")
-    if is_mounted "$mp"; then
-        fusermount3 -u "$mp" 2>/dev/null || fusermount3 -u -z "$mp" 2>/dev/null
-    fi
-    local pid=${PIDS[$k]}
-    if [ "$pid" != 0 ]; then
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -TERM "$pid" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-        PIDS[$k]=0
-    fi
-}
-
-cleanup() {
-    for k in 1 2 3; do stop_node "$k"; done
-    for k in 1 2 3; do
-        for log in "$T/log$k" "$T/data$k/mount.log"; do
-            if grep -q 'Sanitizer' "$log" 2>/dev/null; then
-                echo "# sanitizer report in $log:"
-                grep -A 30 'Sanitizer' "$log" | sed 's/^/#   /' | head -40
-            fi
-        done
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM # so that the EXIT trap runs on a meson timeout too
-
-start_node() { # K: starts the foreground daemon of node K in the background
-    local k=$1
-    mkdir -p "$(mnt "$k")"
-    # shellcheck disable=SC2086
-    "${MOUNT[@]}" --config "$T/cluster/cluster.conf" --node "$k" --data "$T/data$k" -f \
-        ${OPTS[$k]} "$(mnt "$k")" >>"$T/log$k" 2>&1 &
-    PIDS[$k]=$!
-}
-
-wait_mounted() { # K: up to 30 s
-    local k=$1
-    for _ in $(seq 300); do
-        is_mounted "$(mnt "$k")" && return 0
-        kill -0 "${PIDS[$k]}" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-# The cluster, on a random base port; a port taken by someone else shows as
-# a daemon that exits at start: try another base.
-up=0
-for attempt in 1 2 3 4 5; do
-    port=$((20000 + RANDOM % 40000))
-    rm -rf "$T/cluster" "$T"/data? "$T"/log?
-    "${INIT[@]}" --nodes 3 --port "$port" "$T/cluster" >/dev/null || { echo "Bail out! paxfs init failed"; exit 1; }
-    for k in 1 2 3; do start_node "$k"; done
-    up=1
-    for k in 1 2 3; do wait_mounted "$k" || up=0; done
-    [ $up = 1 ] && break
-    echo "# attempt $attempt (port $port) did not come up:"
-    tail -n 3 "$T"/log? 2>/dev/null | sed 's/^/#   /'
-    for k in 1 2 3; do stop_node "$k"; done
-done
-[ $up = 1 ] || { echo "Bail out! the mounts did not come up"; exit 1; }
+cluster_traps
+cluster_up
 M1=$(mnt 1) M2=$(mnt 2) M3=$(mnt 3)
 
 # ---- check helpers -------------------------------------------------------
 
-ok() {
-    n=$((n + 1))
-    echo "ok $n $1"
-}
-not_ok() {
-    n=$((n + 1))
-    failed=$((failed + 1))
-    echo "not ok $n $1"
-    [ -s "$T/out" ] && sed 's/^/#   /' "$T/out" | head -20
-}
-# check NAME CMD...: CMD must succeed now.
-check() {
-    local name=$1
-    shift
-    if "$@" >"$T/out" 2>&1; then ok "$name"; else not_ok "$name"; fi
-}
-# eventually NAME CMD...: CMD must succeed within 3 s (kernel caches of a
-# close-to-open mount that nothing invalidated yet live 1 s).
-eventually() {
-    local name=$1
-    shift
-    for _ in $(seq 30); do
-        if "$@" >"$T/out" 2>&1; then ok "$name"; return; fi
-        sleep 0.1
-    done
-    not_ok "$name"
-}
 # same_content FILE REF: FILE is byte-identical to REF on every mount.
 same_content() {
     local rel=$1 ref=$2 rc=0
@@ -158,8 +52,9 @@ equals() { # EXPECTED CMD...: CMD prints EXPECTED
     got=$("$@") || return 1
     [ "$got" = "$want" ] || { echo "want '$want' got '$got'"; return 1; }
 }
-# errno_of CMD...: the error message CMD printed (LC_ALL=C strerror text)
-fails_with() { # MESSAGE CMD...
+# fails_with MESSAGE CMD...: CMD fails, its output naming MESSAGE (the
+# LC_ALL=C strerror text).
+fails_with() {
     local msg=$1 out
     shift
     if out=$("$@" 2>&1); then echo "succeeded: $out"; return 1; fi
@@ -167,12 +62,6 @@ fails_with() { # MESSAGE CMD...
     echo "want '$msg' got '$out'"
     return 1
 }
-# The metadata of a whole tree, as a sorted listing (no atime: reads on one
-# host do not update it on the others).
-tree_meta() {
-    (cd "$1" && find . -printf '%p %y %s %m %U %G %n %T@ %l\n' | sort)
-}
-
 ref=$T/ref
 mkdir -p "$ref"
 
@@ -247,7 +136,7 @@ if command -v python3 >/dev/null; then
         xattr_get "$M3/dir/b"
 else
     for name in "setxattr/getxattr" "listxattr" "removexattr"; do
-        n=$((n + 1)); echo "ok $n $name # SKIP no python3"
+        skip "$name" "no python3"
     done
 fi
 
@@ -334,18 +223,16 @@ writer() {
 writer &
 w=$!
 sleep 0.3
-kill -KILL "${PIDS[3]}"
-wait "${PIDS[3]}" 2>/dev/null
-PIDS[3]=0
+kill_node 3
 wait $w
 check "writes on mnt1 go on while node 3 is killed" test $? = 0
-fusermount3 -u "$M3" 2>/dev/null || fusermount3 -u -z "$M3"
 # This time as a daemon: paxfs mount returns 0 only once the mount is up.
 # Its PID is the process whose command line names our (unique) data dir.
 start_daemon() { # K
     local k=$1 p
-    "${MOUNT[@]}" --config "$T/cluster/cluster.conf" --node "$k" --data "$T/data$k" \
-        ${OPTS[$k]} "$(mnt "$k")" || return 1
+    # shellcheck disable=SC2046 # node_opts prints words to split
+    "${MOUNT[@]}" --config "$CONF" --node "$k" --data "$(data "$k")" \
+        $(node_opts "$k") "$(mnt "$k")" || return 1
     is_mounted "$(mnt "$k")" || { echo "returned before the mount was up"; return 1; }
     for p in /proc/[0-9]*; do
         if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "--data $T/data$k "; then
@@ -381,8 +268,7 @@ bad_input() {
         not_ok "$name"
     fi
 }
-CONF=$T/cluster/cluster.conf
-"${INIT[@]}" --nodes 3 --port $((port + 10)) "$T/other" >/dev/null
+"$PAXFS_BIN" init --nodes 3 --port $((port + 10)) "$T/other" >/dev/null
 mkdir "$T/spare"
 bad_input "bad input: missing mountpoint is exit 2" --config "$CONF" --node 1 --data "$T/newdata" "$T/no-such-dir"
 bad_input "bad input: node 9 not in the cluster is exit 2" --config "$CONF" --node 9 --data "$T/newdata" "$T/spare"
@@ -457,20 +343,6 @@ done
 
 # SIGTERM for node 1, fusermount3 -u for nodes 2 and 3: each daemon exits 0,
 # its sanitizers silent.
-shutdown_ok() {
-    local k=$1 how=$2 pid=${PIDS[$1]} rc
-    if [ "$how" = term ]; then kill -TERM "$pid"; else fusermount3 -u "$(mnt "$k")"; fi
-    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    wait "$pid" 2>/dev/null
-    rc=$?
-    [ $rc = 127 ] && rc=0 # not our child (the daemon): its exit code is not ours to see
-    PIDS[$k]=0
-    for log in "$T/log$k" "$T/data$k/mount.log"; do
-        if grep -q Sanitizer "$log" 2>/dev/null; then grep -A 12 Sanitizer "$log"; return 1; fi
-    done
-    is_mounted "$(mnt "$k")" && { echo "still mounted"; return 1; }
-    [ $rc = 0 ] || { echo "exit $rc"; tail -n 5 "$T/log$k"; return 1; }
-}
 check "SIGTERM unmounts node 1; exit 0, sanitizers silent" shutdown_ok 1 term
 check "fusermount3 -u stops node 2; exit 0, sanitizers silent" shutdown_ok 2 umount
 check "fusermount3 -u stops node 3; exit 0, sanitizers silent" shutdown_ok 3 umount

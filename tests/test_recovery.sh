@@ -40,19 +40,16 @@
 #   RECOVERY_SECTIONS   optional, e.g. "1 3": run only these sections
 # Everything lives in one mktemp directory; the EXIT trap unmounts and stops
 # the daemons this script started (by PID), also when a check fails. Every
-# wait is bounded.
+# wait is bounded. The cluster, its cleanup and the TAP helpers are
+# tests/lib_cluster.sh's.
 set -u
 export LC_ALL=C
+# shellcheck source=SCRIPTDIR/lib_cluster.sh
+. "$(dirname "$0")/lib_cluster.sh"
 
-skip_all() {
-    echo "1..0 # SKIP $1"
-    exit 0
-}
 [ -n "${PAXFS_BIN:-}" ] || skip_all "PAXFS_BIN not set"
-[ -e /dev/fuse ] || skip_all "no /dev/fuse"
-command -v fusermount3 >/dev/null || skip_all "no fusermount3"
+fuse_prereqs "FUSE mounts"
 command -v jq >/dev/null || skip_all "no jq (status --json is read with it)"
-[ "$(id -u)" -eq 0 ] || skip_all "needs root (FUSE mounts)"
 "$PAXFS_BIN" mount --help 2>/dev/null | grep -q 'paxfs mount' ||
     skip_all "PAXFS_BIN has no mount command"
 
@@ -68,151 +65,24 @@ XFER_MB=64          # extra live data for the interrupted transfer
 XFER_RATE=8         # MB/s cap of that transfer: ~8 s to interrupt
 
 T=$(mktemp -d /tmp/paxfs-test-recovery.XXXXXX)
-CONF=$T/cluster/cluster.conf
-declare -a PIDS=(0 0 0 0)
+# The test hook of section 7 works in daemons started with
+# PAXFS_TEST_HOOKS=1 (env execs: PIDS stays the daemon's).
+MOUNT=(env PAXFS_TEST_HOOKS=1 "$PAXFS_BIN" mount)
 declare -a EXTRA=("" "" "" "")   # per node -o additions
 declare -a EVERY=(0 "$SNAP_EVERY" "$SNAP_EVERY" "$SNAP_EVERY") # per node snapshot_every
-n=0
-failed=0
-
-mnt() { echo "$T/mnt$1"; }
-data() { echo "$T/data$1"; }
-
-is_mounted() {
-    awk -v m="$1" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo
+node_opts() { # K
+    echo "-o snapshot_every=${EVERY[$1]},log_slack=$LOG_SLACK${EXTRA[$1]}"
 }
+FAIL_LOG_LINES=15 # with a failed check (or KEEP_LOGS=1): the daemons' last log lines
 
-stop_node() { # K: unmount, then SIGTERM the daemon we started
-    local k=$1 mp pid
-    mp=$(mnt "$k")
-    pid=${PIDS[$k]}
-    if [ "$pid" != 0 ]; then kill -CONT "$pid" 2>/dev/null; fi
-    if is_mounted "$mp"; then
-        fusermount3 -u "$mp" 2>/dev/null || fusermount3 -u -z "$mp" 2>/dev/null
-    fi
-    if [ "$pid" != 0 ]; then
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -TERM "$pid" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-        PIDS[$k]=0
-    fi
-}
-
-kill_node() { # K: SIGKILL the daemon, then drop its dead mount
-    local k=$1 pid=${PIDS[$1]}
-    if [ "$pid" != 0 ]; then
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-        PIDS[$k]=0
-    fi
-    is_mounted "$(mnt "$k")" && { fusermount3 -u "$(mnt "$k")" 2>/dev/null || fusermount3 -u -z "$(mnt "$k")"; }
-    return 0
-}
-
-sanitizer_reports() { # prints any sanitizer report in the daemons' logs
-    local k
-    for k in 1 2 3; do
-        if grep -q 'Sanitizer' "$T/log$k" 2>/dev/null; then
-            echo "# sanitizer report in log$k:"
-            grep -A 30 'Sanitizer' "$T/log$k" | sed 's/^/#   /' | head -40
-        fi
-    done
-}
-
-cleanup() {
-    for k in 1 2 3; do stop_node "$k"; done
-    sanitizer_reports
-    if [ "$failed" != 0 ] || [ "${KEEP_LOGS:-0}" = 1 ]; then
-        for k in 1 2 3; do
-            [ -s "$T/log$k" ] || continue
-            echo "# last lines of log$k:"
-            grep -v ' level=D' "$T/log$k" | tail -n 15 | sed 's/^/#   /'
-        done
-    fi
-    rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM # so that the EXIT trap runs on a meson timeout too
-trap '' PIPE              # a reader that went away must not skip the cleanup
-
-start_node() { # K: the foreground daemon of node K, in the background
-    local k=$1
-    mkdir -p "$(mnt "$k")"
-    echo "=== start $(date +%T.%N)" >>"$T/log$k"
-    PAXFS_TEST_HOOKS=1 "$PAXFS_BIN" mount --config "$CONF" --node "$k" --data "$(data "$k")" -f \
-        -o "snapshot_every=${EVERY[$k]},log_slack=$LOG_SLACK${EXTRA[$k]}" \
-        "$(mnt "$k")" >>"$T/log$k" 2>&1 &
-    PIDS[$k]=$!
-}
-
-wait_mounted() { # K [SECONDS]: default 30 s
-    local k=$1 i
-    for ((i = 0; i < ${2:-30} * 10; i++)); do
-        is_mounted "$(mnt "$k")" && return 0
-        kill -0 "${PIDS[$k]}" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-# ---- the cluster, on a random base port ------------------------------------
-# A port taken by someone else shows as a daemon that exits at start: try
-# another base.
-up=0
-for attempt in 1 2 3 4 5; do
-    port=$((20000 + RANDOM % 40000))
-    rm -rf "$T/cluster" "$T"/data? "$T"/log?
-    "$PAXFS_BIN" init --nodes 3 --port "$port" "$T/cluster" >/dev/null || { echo "Bail out! paxfs init failed"; exit 1; }
-    for k in 1 2 3; do start_node "$k"; done
-    up=1
-    for k in 1 2 3; do wait_mounted "$k" || up=0; done
-    [ $up = 1 ] && break
-    echo "# attempt $attempt (port $port) did not come up:"
-    tail -n 3 "$T"/log? 2>/dev/null | sed 's/^/#   /'
-    for k in 1 2 3; do stop_node "$k"; done
-done
-[ $up = 1 ] || { echo "Bail out! the mounts did not come up"; exit 1; }
+cluster_traps
+trap '' PIPE # a reader that went away must not skip the cleanup
+cluster_up
 M1=$(mnt 1)
 BLOCK=$(sed -n 's/^block_size *= *//p' "$CONF")
 echo "# history ${HISTORY_MB} MiB, snapshot_every=$SNAP_EVERY log_slack=$LOG_SLACK block_size=$BLOCK"
 
 # ---- check helpers ---------------------------------------------------------
-
-ok() {
-    n=$((n + 1))
-    echo "ok $n - $1"
-}
-not_ok() {
-    n=$((n + 1))
-    failed=$((failed + 1))
-    echo "not ok $n - $1"
-    [ -s "$T/out" ] && sed 's/^/#   /' "$T/out" | head -30
-}
-skip() {
-    n=$((n + 1))
-    echo "ok $n - $1 # SKIP $2"
-}
-# check NAME CMD...: CMD must succeed now.
-check() {
-    local name=$1
-    shift
-    if "$@" >"$T/out" 2>&1; then ok "$name"; else not_ok "$name"; fi
-}
-# within SECONDS NAME CMD...: CMD must succeed within SECONDS.
-within() {
-    local end=$((SECONDS + $1)) name=$2
-    shift 2
-    while :; do
-        if "$@" >"$T/out" 2>&1; then ok "$name"; return 0; fi
-        [ $SECONDS -lt $end ] || break
-        sleep 0.2
-    done
-    not_ok "$name"
-    return 1
-}
-note() { echo "# $*"; }
 
 # status: the cluster's `paxfs status --json` (exit 1 when a node is down is
 # fine here), in $T/status.json.
@@ -258,7 +128,7 @@ kv() { # NAME LINE: the value of NAME=... in a key=value log line
 tree_state() {
     (
         cd "$1" || exit 1
-        find . -printf '%p %y %s %m %U %G %n %T@ %l\n' | sort
+        tree_meta .
         find . -type f -print0 | sort -z | xargs -0 -r sha256sum
     )
 }
@@ -313,9 +183,6 @@ fsck_names() { # HEX...: the last fsck output names these blocks
     return $rc
 }
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
-
 # churn MIB: writes MIB MiB of 4 MiB random files through mnt1 in
 # $M1/churn, deleting all but the newest LIVE_FILES as it goes.
 churn_seq=0
@@ -346,7 +213,7 @@ if want 1; then
     t0=$(now)
     c0=$(leader_commit)
     check "1: ${HISTORY_MB} MiB written and deleted through mnt1 while node 3 is down" churn "$HISTORY_MB"
-    note "churn took $(elapsed "$t0") s; commit $c0 -> $(leader_commit)"
+    note "churn took $(since "$t0") s; commit $c0 -> $(leader_commit)"
     L=$(leader)
     status
     note "leader $L: snapshot_slot=$(sfield "$L" snapshot_slot) log_first=$(sfield "$L" log_first)"
@@ -363,7 +230,7 @@ if want 1; then
     start_node 3
     check "1: node 3 mounts again" wait_mounted 3
     within 120 "1: node 3 reaches the leader's commit slot $target" caught_up 3 "$target"
-    note "node 3 caught up in $(elapsed "$t0") s"
+    note "node 3 caught up in $(since "$t0") s"
     log_since 3 "$mark" | grep -E 'event=(snapshot_needed|xfer_|snapshot_installed)|image restored' | head -n 8 | sed 's/^/#   /'
     check "1: node 3 logged snapshot_installed" \
         bash -c "tail -n +$((mark + 1)) '$T/log3' | grep -q 'event=snapshot_installed'"
@@ -398,7 +265,7 @@ if want 2; then
     t0=$(now)
     start_node 1
     check "2: node 1 restarts" wait_mounted 1
-    note "node 1 mounted again in $(elapsed "$t0") s"
+    note "node 1 mounted again in $(since "$t0") s"
     open_line=$(log_since 1 "$mark" | grep 'event=replica_open' | head -n 1)
     note "$open_line"
     check "2: node 1 loaded a snapshot at start (replica_open snapshot > 0)" \
@@ -458,7 +325,7 @@ if want 4; then
     start_node 2
     check "4: node 2 with an empty data directory mounts" wait_mounted 2
     within 120 "4: node 2 reaches the leader's commit slot $target" caught_up 2 "$target"
-    note "node 2 rebuilt in $(elapsed "$t0") s: $(log_since 2 "$mark" | grep 'event=xfer_done' | tail -n 1)"
+    note "node 2 rebuilt in $(since "$t0") s: $(log_since 2 "$mark" | grep 'event=xfer_done' | tail -n 1)"
     check "4: node 2 logged snapshot_installed" \
         bash -c "tail -n +$((mark + 1)) '$T/log2' | grep -q 'event=snapshot_installed'"
     within 30 "4: mnt2 holds mnt1's tree" same_tree 2
@@ -575,11 +442,7 @@ if want 6; then
     start_node $V
     # It either mounts (an older snapshot and the log cover the state) or
     # exits with a message naming its data directory.
-    for _ in $(seq 300); do
-        is_mounted "$(mnt $V)" && break
-        kill -0 "${PIDS[$V]}" 2>/dev/null || break
-        sleep 0.1
-    done
+    wait_mounted $V
     if is_mounted "$(mnt $V)"; then
         note "node $V started with a corrupt newest snapshot:"
         log_since $V "$mark" | grep -E 'snapshot|replica_open' | head -n 5 | sed 's/^/#   /'

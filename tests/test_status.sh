@@ -16,22 +16,19 @@
 # check fails) and the temporary directory removed. Every wait is bounded.
 set -u
 trap '' PIPE
+# shellcheck source=SCRIPTDIR/lib_cluster.sh
+. "$(dirname "$0")/lib_cluster.sh" # skip_all, reap (its FUSE and TAP parts are not for this script)
 
 PAXFS=${PAXFS_BIN:-}
 KV=${PAXFS_KV:-}
 if [ ! -x "$PAXFS" ] || [ ! -x "$KV" ]; then
-    echo "1..0 # SKIP PAXFS_BIN and PAXFS_KV must name the built paxfs and paxfs-kv"
-    exit 0
+    skip_all "PAXFS_BIN and PAXFS_KV must name the built paxfs and paxfs-kv"
 fi
 T=$(mktemp -d "${TMPDIR:-/tmp}/paxfs-status.XXXXXX") || exit 2
 declare -A PID WFD
 
 cleanup() {
-    local k
-    for k in "${!PID[@]}"; do
-        kill -KILL "${PID[$k]}" 2>/dev/null
-        wait "${PID[$k]}" 2>/dev/null
-    done
+    reap "${PID[@]}"
     rm -rf "$T"
 }
 trap cleanup EXIT
@@ -71,8 +68,7 @@ node_start() {
 }
 
 node_kill() {
-    kill -KILL "${PID[$1]}" 2>/dev/null
-    wait "${PID[$1]}" 2>/dev/null
+    reap "${PID[$1]}"
     unset "PID[$1]"
 }
 
