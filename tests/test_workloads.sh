@@ -33,19 +33,17 @@
 #   WORKLOADS_TREE      optional, the directories (relative to /) section 2
 #                    tars up, e.g. "usr/include" for the whole benchmark tree
 # Everything lives in one mktemp directory; the EXIT trap unmounts and stops
-# the daemons this script started (by PID). Every wait is bounded.
+# the daemons this script started (by PID), also when a check fails. Every
+# wait is bounded. The cluster, its cleanup and the TAP helpers are
+# tests/lib_cluster.sh's.
 set -u
 export LC_ALL=C
+# shellcheck source=SCRIPTDIR/lib_cluster.sh
+. "$(dirname "$0")/lib_cluster.sh"
 
-skip_all() {
-    echo "1..0 # SKIP $1"
-    exit 0
-}
 [ -n "${PAXFS_BIN:-}" ] || skip_all "PAXFS_BIN not set"
 [ -n "${POSIX_ERRORS:-}" ] || skip_all "POSIX_ERRORS not set"
-[ -e /dev/fuse ] || skip_all "no /dev/fuse"
-command -v fusermount3 >/dev/null || skip_all "no fusermount3"
-[ "$(id -u)" -eq 0 ] || skip_all "needs root (other uids, chown, allow_other)"
+fuse_prereqs "other uids, chown, allow_other"
 "$PAXFS_BIN" mount --help 2>/dev/null | grep -q 'paxfs mount' ||
     skip_all "PAXFS_BIN has no mount command"
 
@@ -77,173 +75,27 @@ RECORD=64         # bytes per record, newline included
 PE=$POSIX_ERRORS
 T=$(mktemp -d /tmp/paxfs-test-workloads.XXXXXX)
 chmod 711 "$T" # the calls made as other uids must reach the mounts and ref
-CONF=$T/cluster/cluster.conf
-declare -a PIDS=(0 0 0 0)
+MOUNT=("$PAXFS_BIN" mount)
 OPTS=("" "-o allow_other" "-o allow_other" "-o allow_other,consistency=strict")
-n=0
-failed=0
-
-mnt() { echo "$T/mnt$1"; }
-
-is_mounted() {
-    awk -v m="$1" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo
-}
-
-# Waits (bounded) for a process we started to exit; SIGKILL after SECS.
-# Returns its exit code, 124 if it had to be killed.
-wait_bounded() { # PID SECS
-    local pid=$1 secs=$2 i
-    for ((i = 0; i < secs * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-        return 124
-    fi
-    wait "$pid" 2>/dev/null
-}
-
-stop_node() { # K: unmount, then stop the daemon we started
-    local k=$1 mp pid
-    mp=$(mnt "$k")
-    pid=${PIDS[$k]}
-    [ "$pid" != 0 ] && kill -CONT "$pid" 2>/dev/null # in case a check froze it
-    if is_mounted "$mp"; then
-        fusermount3 -u "$mp" 2>/dev/null || fusermount3 -u -z "$mp" 2>/dev/null
-    fi
-    if [ "$pid" != 0 ]; then
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -TERM "$pid" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-        PIDS[k]=0
-    fi
-}
-
-declare -a BG=() # other background jobs (writers), killed on exit
-cleanup() {
-    local p
-    for p in "${BG[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    for k in 1 2 3; do stop_node "$k"; done
-    for k in 1 2 3; do
-        for log in "$T/log$k" "$T/data$k/mount.log"; do
-            if grep -q 'Sanitizer' "$log" 2>/dev/null; then
-                echo "# sanitizer report in $log:"
-                grep -A 30 'Sanitizer' "$log" | sed 's/^/#   /' | head -40
-            fi
-        done
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM # so that the EXIT trap runs on a meson timeout too
-
-start_node() { # K: starts the foreground daemon of node K in the background
-    local k=$1
-    mkdir -p "$(mnt "$k")"
-    # shellcheck disable=SC2086
-    "$PAXFS_BIN" mount --config "$CONF" --node "$k" --data "$T/data$k" -f \
-        ${OPTS[$k]} "$(mnt "$k")" >>"$T/log$k" 2>&1 &
-    PIDS[k]=$!
-}
-
-wait_mounted() { # K: up to 30 s
-    local k=$1
-    for _ in $(seq 300); do
-        is_mounted "$(mnt "$k")" && return 0
-        kill -0 "${PIDS[$k]}" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-up=0
-for attempt in 1 2 3 4 5; do
-    port=$((20000 + RANDOM % 40000))
-    rm -rf "$T/cluster" "$T"/data? "$T"/log?
-    "$PAXFS_BIN" init --nodes 3 --port "$port" "$T/cluster" >/dev/null ||
-        { echo "Bail out! paxfs init failed"; exit 1; }
-    for k in 1 2 3; do start_node "$k"; done
-    up=1
-    for k in 1 2 3; do wait_mounted "$k" || up=0; done
-    [ $up = 1 ] && break
-    echo "# attempt $attempt (port $port) did not come up:"
-    tail -n 3 "$T"/log? 2>/dev/null | sed 's/^/#   /'
-    for k in 1 2 3; do stop_node "$k"; done
-done
-[ $up = 1 ] || { echo "Bail out! the mounts did not come up"; exit 1; }
+cluster_traps
+cluster_up
 M1=$(mnt 1) M2=$(mnt 2) M3=$(mnt 3)
 exec 3>&1 # the TAP stream, for timings printed from inside a check
 echo "# cluster up on base port $port in $T (slow build: $WL_SLOW)"
 
 # ---- check helpers -------------------------------------------------------
 
-ok() {
-    n=$((n + 1))
-    echo "ok $n - $1"
-}
-not_ok() {
-    n=$((n + 1))
-    failed=$((failed + 1))
-    echo "not ok $n - $1"
-    [ -s "$T/out" ] && sed 's/^/#   /' "$T/out" | head -25
-}
-skip() {
-    n=$((n + 1))
-    echo "ok $n - $1 # SKIP $2"
-}
-check() { # NAME CMD...: CMD must succeed now
-    local name=$1
-    shift
-    if "$@" >"$T/out" 2>&1; then ok "$name"; else not_ok "$name"; fi
-}
-# eventually NAME CMD...: CMD must succeed within 3 s (a close-to-open
-# mount's attribute cache that nothing invalidated yet lives 1 s).
-eventually() {
-    local name=$1
-    shift
-    for _ in $(seq 30); do
-        if "$@" >"$T/out" 2>&1; then ok "$name"; return; fi
-        sleep 0.1
-    done
-    not_ok "$name"
-}
-# within SECS NAME CMD...: CMD must succeed within SECS; prints how long it
-# took when that was not at once.
-within() {
-    local secs=$1 name=$2 t i
-    shift 2
-    t=$(now)
-    for ((i = 0; i < secs * 5; i++)); do
-        if "$@" >"$T/out" 2>&1; then
-            ok "$name"
-            [ $i = 0 ] || echo "#   (after $(since "$t") s)"
-            return
-        fi
-        sleep 0.2
-    done
-    not_ok "$name"
-}
-now() { date +%s.%N; }
-since() { echo "$(now) $1" | awk '{ printf "%.1f", $1 - $2 }'; }
-
-# The metadata of a tree as a sorted listing: no times (atime differs per
-# host; the reference directory's times are its own), no inode numbers.
-tree_meta() { # DIR [find -printf format]
-    (cd "$1" && find . -printf "${2:-%p %y %s %m %U %G %n %l\n}" | sort)
-}
 tree_sums() { # DIR: sha256 of every regular file (the sparse 4 GiB ones
     # are read back piecewise by their own checks: reading their holes
     # through FUSE would cost minutes)
-    (cd "$1" && find . -type f -size -1G -print0 | sort -z | xargs -0 -r sha256sum)
+    # (-size -1G would mean "0 GiB rounded up", i.e. empty files only.)
+    (cd "$1" && find . -type f -size -1073741824c -print0 | sort -z | xargs -0 -r sha256sum)
 }
-# same_meta A B [FORMAT]: on a difference, prints the first differing lines
-# side by side (A | B).
+# same_meta A B FORMAT: the tree_meta listings (find -printf FORMAT) of A
+# and B are the same; on a difference, prints the first differing lines side
+# by side (A | B).
 same_meta() {
-    tree_meta "$1" "${3:-}" >"$T/meta.a" && tree_meta "$2" "${3:-}" >"$T/meta.b" || return 1
+    tree_meta "$1" "$3" >"$T/meta.a" && tree_meta "$2" "$3" >"$T/meta.b" || return 1
     cmp -s "$T/meta.a" "$T/meta.b" && return 0
     echo "$(diff "$T/meta.a" "$T/meta.b" | grep -c '^[<>]') lines differ; A = $1 | B = $2:"
     diff -y --suppress-common-lines -W 200 "$T/meta.a" "$T/meta.b" | head -12
@@ -441,10 +293,12 @@ section1() {
         eventually "errors section: mnt1 and mnt$k hold the same bytes" \
             same_sums "$PX1" "$(mnt $k)/px"
     done
-    # (a directory's size is the filesystem's own business)
+    # (a directory's size is the filesystem's own business; no times: the
+    # reference directory's are its own)
+    local fmt='%p %y %s %m %U %G %n %l\n'
     check "errors section: the tree is the one ext4 ends with (names, types, sizes, modes, owners, links)" \
-        diff <(tree_meta "$REF" | sed 's/^\([^ ]* d\) [0-9]*/\1 -/') \
-        <(tree_meta "$PX1" | sed 's/^\([^ ]* d\) [0-9]*/\1 -/')
+        diff <(tree_meta "$REF" "$fmt" | sed 's/^\([^ ]* d\) [0-9]*/\1 -/') \
+        <(tree_meta "$PX1" "$fmt" | sed 's/^\([^ ]* d\) [0-9]*/\1 -/')
     check "errors section: the bytes are the ones ext4 ends with" same_sums "$REF" "$PX1"
     echo "# section 1 took $(since "$t0") s"
 }
@@ -671,16 +525,11 @@ same_everywhere() { # REL NODES...: mnt K/REL equals the source, K in NODES
     return $rc
 }
 
-# write_file K REL: dd the source into mnt K/REL in the background, DD_PID;
-# when it ends, $T/dd.time holds how long it took (the script itself is
-# sleeping through the fault meanwhile).
+# write_file K REL: dd the source into mnt K/REL in the background: DD_PID
+# is dd's own (so that the EXIT trap stops it), DD_T0 when it started.
 write_file() {
-    rm -f "$T/dd.time"
-    (
-        t=$(now)
-        dd if="$T/src.bin" of="$(mnt "$1")/$2" bs=1M conv=fsync status=none &&
-            since "$t" >"$T/dd.time"
-    ) &
+    DD_T0=$(now)
+    dd if="$T/src.bin" of="$(mnt "$1")/$2" bs=1M conv=fsync status=none &
     DD_PID=$!
     BG=("$DD_PID")
 }
@@ -702,9 +551,7 @@ fault_run() { # NAME KIND(leader|follower) HOW(kill|stop)
     sleep "$FAULT_DELAY"
     kill -0 "$DD_PID" 2>/dev/null || was_running=0
     if [ "$how" = kill ]; then
-        kill -KILL "${PIDS[$victim]}"
-        wait "${PIDS[$victim]}" 2>/dev/null
-        PIDS[victim]=0
+        kill_node "$victim"
     else
         kill -STOP "${PIDS[$victim]}"
         sleep 5
@@ -714,8 +561,8 @@ fault_run() { # NAME KIND(leader|follower) HOW(kill|stop)
     fi
     wait_bounded "$DD_PID" 300
     rc=$?
+    elapsed=$(since "$DD_T0") # to within wait_bounded's 0.1 s polls
     BG=()
-    elapsed=$(cat "$T/dd.time" 2>/dev/null || echo "?")
     # (Stalls are bench.sh fs's to measure: with the write-behind and a warm
     # heap a write often takes less than the first, fault-free one.)
     echo "# $name: the write took $elapsed s (the fault-free one $BASELINE s)"
@@ -724,7 +571,6 @@ fault_run() { # NAME KIND(leader|follower) HOW(kill|stop)
     if [ "$how" = kill ]; then
         check "$name: the file equals its source on the surviving mounts" \
             same_everywhere "fail-$how-$kind" "${others[@]}"
-        fusermount3 -u "$(mnt "$victim")" 2>/dev/null || fusermount3 -u -z "$(mnt "$victim")"
         start_node "$victim"
         check "$name: node $victim restarts from its data dir" wait_mounted "$victim"
         # At once: the mount is up, and a file whose write returned before
@@ -761,25 +607,13 @@ section4() {
 
 # ---- the end: every daemon stops cleanly, its sanitizers silent ----------
 
-shutdown_ok() { # K
-    local k=$1 pid=${PIDS[$1]} rc
-    fusermount3 -u "$(mnt "$k")" || return 1
-    wait_bounded "$pid" 30
-    rc=$?
-    PIDS[k]=0
-    for log in "$T/log$k" "$T/data$k/mount.log"; do
-        if grep -q Sanitizer "$log" 2>/dev/null; then grep -A 12 Sanitizer "$log"; return 1; fi
-    done
-    [ $rc = 0 ] || { echo "exit $rc"; tail -n 5 "$T/log$k"; return 1; }
-}
-
 T_ALL=$(now)
 want 1 && section1
 want 2 && section2
 want 3 && section3
 want 4 && section4
 for k in 1 2 3; do
-    check "fusermount3 -u stops node $k: exit 0, sanitizers silent" shutdown_ok "$k"
+    check "fusermount3 -u stops node $k: exit 0, sanitizers silent" shutdown_ok "$k" umount
 done
 echo "# all sections took $(since "$T_ALL") s"
 
