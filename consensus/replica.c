@@ -252,6 +252,8 @@ static void publish_status(struct replica *r);
  * wal_open's recovery cuts). */
 static int open_replica(const struct replica_config *cfg, bool online, struct replica **out)
 {
+    /* The two halves of a snapshot come together (replica.h). */
+    ASSERT(!cfg->sm.snapshot_begin == !cfg->sm.snapshot_image);
     struct replica *r = calloc(1, sizeof *r);
     ASSERT(r != NULL);
     r->cfg = *cfg;

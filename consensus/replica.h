@@ -83,7 +83,7 @@ struct replica_sm {
     int (*snapshot_begin)(void *ctx);
     /* Appends the image of the state snapshot_begin fixed (the snapshot
      * thread, while applies go on); called once after each snapshot_begin
-     * that succeeded. */
+     * that succeeded. Set both or neither. */
     int (*snapshot_image)(void *ctx, struct buf *out);
     /* Replaces the whole state with an image made by snapshot_image (at open, or
      * a snapshot received from a peer). Nothing changes on error. */
