@@ -676,10 +676,10 @@ static void on_client_req(void *ctx, uint64_t client, const uint8_t *payload, si
     }
 }
 
-static int send_bulk(void *ctx, uint32_t to, const void *payload, size_t len)
+static int send_bulk(void *ctx, uint32_t to, struct buf *frame)
 {
     struct mnt *m = ctx;
-    return host_send_frame(m->host, to, NET_FRAME_BULK, payload, len);
+    return host_send_frame(m->host, to, NET_FRAME_BULK, frame);
 }
 
 static void status_extra(void *ctx, struct net_status_reply *out)

@@ -24,6 +24,7 @@
 #include "consensus/replica.h"
 #include "consensus/snapfile.h"
 #include "fs/fsm.h"
+#include "net/frame.h"
 
 #define SERVER_QUEUE_MAX 64
 #define SEND_RETRY_MS 10000u
@@ -258,16 +259,15 @@ static struct frame *wait_next(struct xfer *x, struct wait *w, uint32_t timeout_
     return f;
 }
 
-/* Sends one message to peer `to`, waiting out a full queue (bounded). */
-static int send_msg(struct xfer *x, uint32_t to, const struct xfer_msg *m)
+/* Sends a frame made by frame_start and filled since to peer `to`,
+ * waiting out a full queue (bounded). The net takes the bytes or they are
+ * freed here. */
+static int send_frame(struct xfer *x, uint32_t to, struct buf *frame)
 {
-    struct buf b;
-    buf_init(&b);
-    xfer_msg_encode(m, &b);
     int rc;
     uint64_t until = clock_now_ns() + (uint64_t)SEND_RETRY_MS * 1000000ull;
     for (;;) {
-        rc = x->o.send(x->o.send_ctx, to, b.data, b.len);
+        rc = x->o.send(x->o.send_ctx, to, frame);
         if (rc != -EAGAIN || clock_now_ns() > until)
             break;
         pthread_mutex_lock(&x->lock);
@@ -277,8 +277,24 @@ static int send_msg(struct xfer *x, uint32_t to, const struct xfer_msg *m)
             break;
         usleep(2000);
     }
-    buf_deinit(&b);
+    buf_deinit(frame);
     return rc;
+}
+
+/* A frame's buffer: room for the net's header, then the message goes in. */
+static void frame_start(struct buf *frame)
+{
+    buf_init(frame);
+    buf_append_space(frame, NET_FRAME_HEADER_BYTES);
+}
+
+/* Sends one message to peer `to`, waiting out a full queue (bounded). */
+static int send_msg(struct xfer *x, uint32_t to, const struct xfer_msg *m)
+{
+    struct buf b;
+    frame_start(&b);
+    xfer_msg_encode(m, &b);
+    return send_frame(x, to, &b);
 }
 
 static bool stopping(struct xfer *x)
@@ -355,32 +371,39 @@ static void serve_image(struct xfer *x, uint32_t from, const struct xfer_msg *q)
     free(chunk);
 }
 
-static void serve_blocks(struct xfer *x, uint32_t from, const struct xfer_msg *q, uint8_t *file,
-                         size_t cap)
+/* One BLK_DATA per name. Each block file is read straight into its frame,
+ * after the room for the message header, which is written once the read
+ * tells the status: the bytes are not copied again on the way to TLS. */
+static void serve_blocks(struct xfer *x, uint32_t from, const struct xfer_msg *q)
 {
+    size_t cap = store_file_max(store_block_size(x->o.store));
     for (uint32_t i = 0; i < q->count && !stopping(x); i++) {
         struct xfer_msg a = {.kind = XFER_BLK_DATA, .id = q->id};
         memcpy(a.name.b, q->names + (size_t)i * STORE_NAME_LEN, STORE_NAME_LEN);
+        struct buf b;
+        buf_init(&b);
+        buf_reserve(&b, NET_FRAME_HEADER_BYTES + XFER_BLK_DATA_HEADER_BYTES + cap);
         size_t len = 0;
         /* Shipped as stored; the receiver verifies every byte against the
          * name before it keeps the block, and asks another peer if not. */
-        int rc = store_read_file(x->o.store, &a.name, file, cap, &len);
-        if (rc == 0) {
-            a.data = file;
-            a.data_len = len;
-        } else {
+        int rc = store_read_file(x->o.store, &a.name,
+                                 b.data + NET_FRAME_HEADER_BYTES + XFER_BLK_DATA_HEADER_BYTES,
+                                 cap, &len);
+        if (rc != 0) {
             a.status = rc == -EBADMSG ? -EBADMSG : -ENOENT;
+            len = 0;
         }
-        send_msg(x, from, &a);
+        buf_append_space(&b, NET_FRAME_HEADER_BYTES);
+        xfer_msg_encode(&a, &b); /* the header alone: a.data_len is 0 */
+        ASSERT(b.len == NET_FRAME_HEADER_BYTES + XFER_BLK_DATA_HEADER_BYTES);
+        b.len += len; /* the file, already in place after it */
+        send_frame(x, from, &b);
     }
 }
 
 static void *server_main(void *arg)
 {
     struct xfer *x = arg;
-    size_t cap = store_file_max(store_block_size(x->o.store));
-    uint8_t *file = malloc(cap);
-    ASSERT(file != NULL);
     pthread_mutex_lock(&x->lock);
     while (!x->stop) {
         if (!x->srv_head) {
@@ -399,12 +422,11 @@ static void *server_main(void *arg)
         else if (q.kind == XFER_IMG_REQ)
             serve_image(x, f->from, &q);
         else if (q.kind == XFER_BLK_REQ)
-            serve_blocks(x, f->from, &q, file, cap);
+            serve_blocks(x, f->from, &q);
         free(f);
         pthread_mutex_lock(&x->lock);
     }
     pthread_mutex_unlock(&x->lock);
-    free(file);
     return NULL;
 }
 

@@ -45,6 +45,8 @@ struct replica;
 #define XFER_BATCHES_IN_FLIGHT 2u /* per stream */
 #define XFER_STREAMS 2u           /* receiver threads verifying blocks */
 #define XFER_TIMEOUT_MS 10000u
+/* A BLK_DATA message before its block bytes: kind, id, status, name. */
+#define XFER_BLK_DATA_HEADER_BYTES (1u + 8u + 4u + 32u)
 
 enum xfer_kind {
     XFER_IMG_REQ = 1,
@@ -90,9 +92,11 @@ struct xfer_progress {
 struct xfer_options {
     uint32_t node;
     uint32_t n_nodes;
-    /* sends one NET_FRAME_BULK payload to peer `to` (host_send_frame):
-     * 0, -EAGAIN queue full, other -errno */
-    int (*send)(void *ctx, uint32_t to, const void *payload, size_t len);
+    /* sends one NET_FRAME_BULK frame to peer `to` (host_send_frame):
+     * frame holds NET_FRAME_HEADER_BYTES (reserved) and then the payload;
+     * 0: taken (frame left empty), -EAGAIN queue full, other -errno (the
+     * bytes stay the caller's) */
+    int (*send)(void *ctx, uint32_t to, struct buf *frame);
     void *send_ctx;
     struct store *store;
     struct replica *replica; /* installs, and its snapshot directory */

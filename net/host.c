@@ -239,11 +239,11 @@ void host_close(struct host *h)
 struct replica *host_replica(struct host *h) { return h->replica; }
 struct net *host_net(struct host *h) { return h->net; }
 
-int host_send_frame(struct host *h, uint32_t to, uint8_t type, const void *payload, size_t len)
+int host_send_frame(struct host *h, uint32_t to, uint8_t type, struct buf *frame)
 {
     if (atomic_load(&h->isolated))
         return -ENOTCONN;
-    return net_send_frame(h->net, to, type, payload, len);
+    return net_send_frame_buf(h->net, to, type, frame);
 }
 const struct cluster_config *host_cluster(const struct host *h) { return &h->cluster; }
 void host_set_isolated(struct host *h, bool isolated) { atomic_store(&h->isolated, isolated); }

@@ -64,9 +64,9 @@ struct replica *host_replica(struct host *h);
 /* The transport, for net_send_frame(.., NET_FRAME_BULK, ..) and
  * net_client_reply. */
 struct net *host_net(struct host *h);
-/* net_send_frame, except that while the host is isolated the frame is
+/* net_send_frame_buf, except that while the host is isolated the frame is
  * dropped (-ENOTCONN), as consensus messages are. */
-int host_send_frame(struct host *h, uint32_t to, uint8_t type, const void *payload, size_t len);
+int host_send_frame(struct host *h, uint32_t to, uint8_t type, struct buf *frame);
 const struct cluster_config *host_cluster(const struct host *h);
 
 /* Test hook: while isolated, every message to or from this node is dropped,

@@ -1775,6 +1775,31 @@ int net_send_frame(struct net *n, uint32_t to, uint8_t type, const void *payload
     return rc;
 }
 
+int net_send_frame_buf(struct net *n, uint32_t to, uint8_t type, struct buf *frame)
+{
+    ASSERT(frame->len >= NET_FRAME_HEADER_BYTES);
+    size_t len = frame->len - NET_FRAME_HEADER_BYTES;
+    int rc = check_dest(n, to, type, len);
+    if (rc)
+        return rc;
+    rc = peek_admit(n, to, frame->len);
+    if (rc)
+        return rc;
+    net_frame_header_encode(frame->data, type, (uint32_t)len);
+    struct out_frame *f = malloc(sizeof *f);
+    ASSERT(f != NULL);
+    f->next = NULL;
+    f->data = f->own = frame->data; /* the caller's buffer becomes the frame */
+    f->len = frame->len;
+    rc = enqueue(n, to, f);
+    if (rc) {
+        free(f); /* the bytes stay the caller's */
+        return rc;
+    }
+    buf_init(frame);
+    return 0;
+}
+
 int net_send(struct net *n, uint32_t to, const void *payload, size_t len)
 {
     return net_send_frame(n, to, NET_FRAME_PX, payload, len);
@@ -1785,6 +1810,7 @@ int net_send_msg(struct net *n, const struct px_msg *m)
     int rc = check_dest(n, m->to, NET_FRAME_PX, 0);
     if (rc)
         return rc;
+    /* Refused before encoding when the queue is full. */
     rc = peek_admit(n, m->to, NET_FRAME_HEADER_BYTES + PX_MSG_HEADER_BYTES);
     if (rc)
         return rc;
@@ -1792,21 +1818,9 @@ int net_send_msg(struct net *n, const struct px_msg *m)
     buf_init(&b);
     buf_append_space(&b, NET_FRAME_HEADER_BYTES);
     rc = px_msg_encode(m, &b);
-    size_t len = b.len - NET_FRAME_HEADER_BYTES;
-    if (rc == 0 && len > NET_FRAME_PAYLOAD_MAX)
-        rc = -EMSGSIZE;
-    if (rc) {
-        buf_deinit(&b);
-        return rc;
-    }
-    net_frame_header_encode(b.data, NET_FRAME_PX, (uint32_t)len);
-    struct out_frame *f = malloc(sizeof *f);
-    ASSERT(f != NULL);
-    f->data = f->own = b.data; /* the encoding buffer becomes the frame: no copy */
-    f->len = b.len;
-    rc = enqueue(n, m->to, f);
-    if (rc)
-        out_frame_free(f);
+    if (rc == 0)
+        rc = net_send_frame_buf(n, m->to, NET_FRAME_PX, &b);
+    buf_deinit(&b); /* empty if the net took it */
     return rc;
 }
 

@@ -219,6 +219,11 @@ void net_free(struct net *n);
  * or type (HELLO, or a client frame). */
 int net_send_frame(struct net *n, uint32_t to, uint8_t type, const void *payload,
                    size_t len);
+/* net_send_frame without the copy: frame holds NET_FRAME_HEADER_BYTES
+ * (reserved; the header is written here) and then the payload. On 0 the
+ * net took the bytes and frame is left empty; on an error (as
+ * net_send_frame) the caller still owns them and may try again. */
+int net_send_frame_buf(struct net *n, uint32_t to, uint8_t type, struct buf *frame);
 /* net_send_frame(n, to, NET_FRAME_PX, payload, len). */
 int net_send(struct net *n, uint32_t to, const void *payload, size_t len);
 /* Encodes m (px_msg_encode) straight into a frame for m->to: the encoding is

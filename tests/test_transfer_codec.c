@@ -135,7 +135,6 @@ static struct xfer_msg blk_data(void)
 #define IMG_REQ_BYTES (1 + 8 + 8 + 8 + 8 + 4)
 #define IMG_DATA_HEAD_BYTES (1 + 8 + 4 + 8 + 8 + 8)
 #define BLK_REQ_HEAD_BYTES (1 + 8 + 4)
-#define BLK_DATA_HEAD_BYTES (1 + 8 + 4 + STORE_NAME_LEN)
 
 TestSuite(xfer_codec, .init = fill_names, .timeout = 60);
 
@@ -203,6 +202,27 @@ Test(xfer_codec, block_data_round_trips_with_bytes_and_with_an_error)
     assert_round_trip(&m);
 }
 
+/* The server reads a block file straight into its frame after
+ * XFER_BLK_DATA_HEADER_BYTES and writes the header before it: the header
+ * alone must be exactly that long, and header + bytes the whole message. */
+Test(xfer_codec, block_data_is_its_fixed_header_then_the_file_bytes)
+{
+    struct xfer_msg m = blk_data();
+    struct buf whole, head;
+    buf_init(&whole);
+    buf_init(&head);
+    xfer_msg_encode(&m, &whole);
+    m.data = NULL;
+    m.data_len = 0;
+    xfer_msg_encode(&m, &head);
+    cr_assert_eq(head.len, XFER_BLK_DATA_HEADER_BYTES);
+    cr_assert_eq(whole.len, XFER_BLK_DATA_HEADER_BYTES + sizeof payload);
+    cr_assert_eq(memcmp(whole.data, head.data, head.len), 0);
+    cr_assert_eq(memcmp(whole.data + head.len, payload, sizeof payload), 0);
+    buf_deinit(&whole);
+    buf_deinit(&head);
+}
+
 /* ---- transfer messages: rejections ------------------------------------------- */
 
 Test(xfer_codec, every_truncation_of_a_request_is_rejected)
@@ -230,7 +250,7 @@ Test(xfer_codec, every_truncation_of_a_data_header_is_rejected)
      * catch a chunk that lost bytes). Cutting into the header itself is
      * always malformed. */
     struct xfer_msg ms[] = {img_data(), blk_data()};
-    const size_t heads[] = {IMG_DATA_HEAD_BYTES, BLK_DATA_HEAD_BYTES};
+    const size_t heads[] = {IMG_DATA_HEAD_BYTES, XFER_BLK_DATA_HEADER_BYTES};
     for (size_t k = 0; k < ARRAY_LEN(ms); k++) {
         struct buf b;
         encode(&ms[k], &b);
