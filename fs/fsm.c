@@ -2609,6 +2609,15 @@ static void saved_add(struct capture *c, const struct saved *e)
     c->n_saved++;
 }
 
+/* Keeps in's record as it is now. */
+static void capture_record(struct capture *c, const struct inode *in)
+{
+    struct saved e = {.in = in, .ino = in->ino, .off = c->records.len};
+    img_put_inode(&c->records, in);
+    e.len = c->records.len - e.off;
+    saved_add(c, &e);
+}
+
 /* Under the write lock, before in changes (or, freeing, goes): keeps its
  * record as of fsm_image_begin unless the encoder has it already. An inode
  * freed is always entered, whatever the encoder did, so that nothing
@@ -2620,10 +2629,7 @@ static void capture_save(struct fsm *f, struct inode *in, bool freeing)
         return;
     if (in->image_gen == c->gen && (!freeing || saved_find(c, in)))
         return;
-    struct saved e = {.in = in, .ino = in->ino, .off = c->records.len};
-    img_put_inode(&c->records, in);
-    e.len = c->records.len - e.off;
-    saved_add(c, &e);
+    capture_record(c, in);
     in->image_gen = c->gen;
 }
 
@@ -2637,12 +2643,8 @@ static void capture_save_all(struct fsm *f)
     for (uint64_t i = 0; i < c->tab_cap; i++) {
         struct inode *in = c->tab[i];
         /* Not saved: never freed, so its address is still that inode. */
-        if (in && !saved_find(c, in) && in->image_gen != c->gen) {
-            struct saved e = {.in = in, .ino = in->ino, .off = c->records.len};
-            img_put_inode(&c->records, in);
-            e.len = c->records.len - e.off;
-            saved_add(c, &e);
-        }
+        if (in && !saved_find(c, in) && in->image_gen != c->gen)
+            capture_record(c, in);
     }
     c->all_saved = true;
 }
