@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -48,8 +49,8 @@ struct call {
 /* A client thread waiting for a proposal or a read barrier. Lives on that
  * thread's stack; every field is guarded by r->lock. */
 struct waiter {
-    pthread_cond_t cond;
-    bool done;
+    sem_t posted; /* posted once, by complete() */
+    bool done;    /* under r->lock */
     int status;
     int64_t result;
     /* proposal */
@@ -353,12 +354,18 @@ int replica_load_offline(const struct replica_config *cfg, uint64_t *snapshot_sl
 
 /* ---- waiters ----------------------------------------------------------- */
 
+/* Called with r->lock held. The waiter sleeps on its own semaphore, not on
+ * a condition variable of r->lock: woken, it returns without taking r->lock
+ * again, so a completion costs one wakeup, not a wakeup and then a handoff
+ * of the lock that the replica thread and every other proposer contend for.
+ * The fields are written before the post, which orders them for the
+ * waiter. */
 static void complete(struct waiter *w, int status, int64_t result)
 {
     w->done = true;
     w->status = status;
     w->result = result;
-    pthread_cond_signal(&w->cond);
+    sem_post(&w->posted);
 }
 
 static void list_remove(struct waiter **head, struct waiter *w)
@@ -390,28 +397,39 @@ static void fail_all(struct replica *r, int status)
     }
 }
 
-/* Waits (r->lock held) until w completes or the op timeout passes; on
- * timeout w is taken out of whatever list holds it. */
+/* Called with r->lock held, which it releases: waits until w completes or
+ * the op timeout passes; on timeout w is taken out of whatever list holds
+ * it. Destroying w after a completed wait is safe: glibc's sem_post no
+ * longer touches the semaphore once a sem_wait can have returned
+ * (glibc bug 12674, fixed in 2.21). */
 static int wait_done(struct replica *r, struct waiter *w, struct waiter **lists[], size_t n_lists)
 {
     struct timespec dl;
     deadline_in_ms(&dl, r->cfg.op_timeout_ms ? r->cfg.op_timeout_ms : 30000);
-    while (!w->done) {
-        if (pthread_cond_timedwait(&w->cond, &r->lock, &dl) == ETIMEDOUT && !w->done) {
-            for (size_t i = 0; i < n_lists; i++)
-                list_remove(lists[i], w);
-            if (w->seq)
-                list_remove(&r->proposed[w->seq % PX_SESSION_WINDOW], w);
-            return -EIO;
-        }
+    pthread_mutex_unlock(&r->lock);
+    int rc;
+    while ((rc = sem_clockwait(&w->posted, CLOCK_MONOTONIC, &dl)) != 0 && errno == EINTR)
+        continue;
+    if (rc == 0)
+        return w->status;
+    ASSERT(errno == ETIMEDOUT);
+    pthread_mutex_lock(&r->lock);
+    /* Completed after the timeout but before the lock: done then. */
+    rc = w->done ? w->status : -EIO;
+    if (!w->done) {
+        for (size_t i = 0; i < n_lists; i++)
+            list_remove(lists[i], w);
+        if (w->seq)
+            list_remove(&r->proposed[w->seq % PX_SESSION_WINDOW], w);
     }
-    return w->status;
+    pthread_mutex_unlock(&r->lock);
+    return rc;
 }
 
 static void waiter_init(struct waiter *w)
 {
     memset(w, 0, sizeof *w);
-    cond_init_monotonic(&w->cond);
+    sem_init(&w->posted, 0, 0);
 }
 
 int replica_propose(struct replica *r, const void *data, size_t len, int64_t *result)
@@ -424,6 +442,7 @@ int replica_propose(struct replica *r, const void *data, size_t len, int64_t *re
     int rc;
     if (r->failed || r->stop) {
         rc = r->failed ? -EIO : -ESHUTDOWN;
+        pthread_mutex_unlock(&r->lock);
     } else {
         w.next = r->new_props;
         r->new_props = &w;
@@ -431,8 +450,7 @@ int replica_propose(struct replica *r, const void *data, size_t len, int64_t *re
         struct waiter **lists[] = {&r->new_props, &r->backlog};
         rc = wait_done(r, &w, lists, ARRAY_LEN(lists));
     }
-    pthread_mutex_unlock(&r->lock);
-    pthread_cond_destroy(&w.cond);
+    sem_destroy(&w.posted);
     if (rc == 0)
         *result = w.result;
     return rc;
@@ -446,6 +464,7 @@ int replica_read_barrier(struct replica *r)
     int rc;
     if (r->failed || r->stop) {
         rc = r->failed ? -EIO : -ESHUTDOWN;
+        pthread_mutex_unlock(&r->lock);
     } else {
         w.next = r->new_reads;
         r->new_reads = &w;
@@ -453,8 +472,7 @@ int replica_read_barrier(struct replica *r)
         struct waiter **lists[] = {&r->new_reads, &r->reading};
         rc = wait_done(r, &w, lists, ARRAY_LEN(lists));
     }
-    pthread_mutex_unlock(&r->lock);
-    pthread_cond_destroy(&w.cond);
+    sem_destroy(&w.posted);
     return rc;
 }
 
@@ -521,7 +539,33 @@ static int persist(struct replica *r, const struct px_ready *rd)
     return rc;
 }
 
-/* Applies one chosen slot: each proposal once, results to their waiters. */
+/* Results of this replica's own proposals, handed to their waiters. */
+struct own_result {
+    uint64_t seq;
+    int64_t result;
+};
+
+static void complete_own(struct replica *r, const struct own_result *done, size_t n)
+{
+    if (n == 0)
+        return;
+    pthread_mutex_lock(&r->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct waiter **chain = &r->proposed[done[i].seq % PX_SESSION_WINDOW];
+        for (struct waiter *w = *chain; w; w = w->next) {
+            if (w->seq == done[i].seq) {
+                list_remove(chain, w);
+                complete(w, 0, done[i].result);
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* Applies one chosen slot: each proposal once, results to their waiters.
+ * The waiters are completed in groups under one hold of r->lock, not one
+ * lock round per proposal: the proposers contend for that lock. */
 static void apply_slot(struct replica *r, const struct px_entry *e)
 {
     struct px_batch_iter it;
@@ -531,6 +575,8 @@ static void apply_slot(struct replica *r, const struct px_entry *e)
               (unsigned long long)e->slot);
         return;
     }
+    struct own_result done[64];
+    size_t n_done = 0;
     int rc;
     while ((rc = px_batch_next(&it, &p)) == 1) {
         int64_t result = 0;
@@ -543,17 +589,13 @@ static void apply_slot(struct replica *r, const struct px_entry *e)
         }
         if (p.origin != r->cfg.id || p.session != r->session)
             continue;
-        pthread_mutex_lock(&r->lock);
-        struct waiter **chain = &r->proposed[p.seq % PX_SESSION_WINDOW];
-        for (struct waiter *w = *chain; w; w = w->next) {
-            if (w->seq == p.seq) {
-                list_remove(chain, w);
-                complete(w, 0, result);
-                break;
-            }
+        done[n_done++] = (struct own_result){p.seq, result};
+        if (n_done == ARRAY_LEN(done)) {
+            complete_own(r, done, n_done);
+            n_done = 0;
         }
-        pthread_mutex_unlock(&r->lock);
     }
+    complete_own(r, done, n_done);
     if (rc < 0)
         LOG_E("node=%u slot=%llu event=apply error=\"malformed proposal\"", r->cfg.id,
               (unsigned long long)e->slot);
