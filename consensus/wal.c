@@ -43,6 +43,12 @@ static const uint8_t seg_magic[8] = {'P', 'X', 'F', 'S', 'W', 'A', 'L', 0};
 
 #define SEG_NAME_DIGITS 20
 #define SEG_NAME_LEN (SEG_NAME_DIGITS + 4) /* "%020" PRIu64 ".seg" */
+#define SPARE_PREFIX "spare-"
+#define SPARE_NAME_LEN (6 + SEG_NAME_DIGITS) /* "spare-%020" PRIu64, the old first LSN */
+/* Segments cut off by wal_truncate_before are kept as spares, up to this
+ * many, and reused by later rolls instead of deleting and creating files:
+ * see "Recycled segments" in wal.h for why. */
+#define WAL_SPARES_MAX 2
 #define REBUILD_HINT "this replica's WAL is damaged on disk: do not start it; rebuild the replica from its peers"
 
 struct wal_segment {
@@ -60,9 +66,12 @@ struct wal {
     pthread_mutex_t truncate_mu;
     pthread_mutex_t write_mu;
     int fd;                   /* the live segment (segs[nsegs - 1]) */
+    uint64_t live_file_bytes; /* its file's size: more than its records when recycled */
     struct wal_segment *segs; /* in LSN order; never empty after open */
     size_t nsegs, segs_cap;
     uint64_t next_lsn;
+    uint64_t spares[WAL_SPARES_MAX]; /* spare files, by the number in their name */
+    size_t nspares;
 
     pthread_mutex_t sync_mu;
     pthread_cond_t sync_cv;
@@ -75,7 +84,7 @@ struct wal {
     atomic_int failed; /* 0, or -EIO once FAILED (sticky) */
 
     _Atomic uint64_t n_appends, n_append_bytes, n_sync_calls, n_fsyncs;
-    _Atomic uint64_t n_segments_created, n_segments_deleted;
+    _Atomic uint64_t n_segments_created, n_segments_deleted, n_segments_recycled;
     uint64_t recovered_records, recovered_cut_bytes;
 };
 
@@ -175,6 +184,7 @@ const char *wal_decode_strerror(int rc)
     case -EMSGSIZE: return "length field above record_bytes_max";
     case -EBADMSG: return "checksum mismatch or malformed frame header";
     case -EPROTONOSUPPORT: return "unknown format version";
+    case -ESTALE: return "a record older than the segment: the rest of a recycled file";
     default: return "undecodable";
     }
 }
@@ -218,6 +228,12 @@ void wal_segment_scan(const uint8_t *p, size_t len, uint64_t first_lsn,
     while (off < len) {
         struct wal_record rec;
         ssize_t n = wal_record_decode(p + off, len - off, record_bytes_max, &rec);
+        /* A whole record with an LSN below the segment's first was left by
+         * the file's earlier life as another segment: to the scan, it is
+         * as bad as garbage (a torn tail, or corruption if a record of
+         * this segment follows). */
+        if (n > 0 && rec.lsn < first_lsn)
+            n = -ESTALE;
         if (n < 0) {
             s.bad_rc = (int)n;
             s.valid_off = find_valid_record(p, len, off, first_lsn,
@@ -263,6 +279,21 @@ static bool seg_name_parse(const char *name, uint64_t *first_lsn)
         return false;
     *first_lsn = v;
     return true;
+}
+
+static void spare_name(char out[SPARE_NAME_LEN + 1], uint64_t old_first_lsn)
+{
+    snprintf(out, SPARE_NAME_LEN + 1, SPARE_PREFIX "%020" PRIu64, old_first_lsn);
+}
+
+/* Parses "spare-%020u"; false for any other name. */
+static bool spare_name_parse(const char *name, uint64_t *old_first_lsn)
+{
+    if (strlen(name) != SPARE_NAME_LEN || strncmp(name, SPARE_PREFIX, 6) != 0)
+        return false;
+    char seg[SEG_NAME_LEN + 1];
+    snprintf(seg, sizeof seg, "%s.seg", name + 6);
+    return seg_name_parse(seg, old_first_lsn);
 }
 
 static void set_failed(struct wal *w, const char *what, int err)
@@ -358,6 +389,55 @@ static int segment_create(struct wal *w, uint64_t first_lsn, int *fd_out)
     return 0;
 }
 
+/* Turns a spare file into segment first_lsn: its header is rewritten and
+ * made durable first, then the file is renamed and the directory fsynced,
+ * so that a crash leaves either a spare (whatever its header says) or a
+ * segment with a durable header and no record of its own yet. Returns 1
+ * when no usable spare was there (the caller creates a new file), 0 with
+ * *fd_out and *file_bytes set, or -EIO after a failed directory fsync,
+ * which fails the WAL as in segment_create. Called with write_mu held. */
+static int segment_recycle(struct wal *w, uint64_t first_lsn, int *fd_out,
+                           uint64_t *file_bytes)
+{
+    while (w->nspares > 0) {
+        char spare[SPARE_NAME_LEN + 1], name[SEG_NAME_LEN + 1];
+        spare_name(spare, w->spares[--w->nspares]);
+        seg_name(name, first_lsn);
+        int fd = openat(w->dir_fd, spare, O_RDWR | O_CLOEXEC);
+        struct stat st;
+        int rc = fd < 0 || fstat(fd, &st) != 0 ? -errno : 0;
+        uint8_t hdr[WAL_SEGMENT_HEADER_BYTES];
+        wal_segment_header_encode(hdr, first_lsn);
+        struct iovec iov = {hdr, sizeof hdr};
+        if (rc == 0)
+            rc = pwritev_all(fd, &iov, 1, 0);
+        if (rc == 0)
+            rc = sync_fd(w, fd, false);
+        if (rc == 0 && renameat(w->dir_fd, spare, w->dir_fd, name) != 0)
+            rc = -errno;
+        if (rc) {
+            /* This spare is of no use; the next one, or a new file, is. */
+            LOG_W("event=wal_spare_dropped node=%u file=%s/%s errno=%d error=\"%s\"",
+                  w->node, w->dir, spare, -rc, strerror(-rc));
+            if (fd >= 0)
+                close(fd);
+            unlinkat(w->dir_fd, spare, 0);
+            continue;
+        }
+        rc = sync_fd(w, w->dir_fd, true);
+        if (rc) {
+            set_failed(w, "fsync of the WAL directory after recycling a segment", rc);
+            close(fd);
+            return -EIO;
+        }
+        *fd_out = fd;
+        *file_bytes = (uint64_t)st.st_size;
+        atomic_fetch_add(&w->n_segments_recycled, 1);
+        return 0;
+    }
+    return 1;
+}
+
 static int segs_push(struct wal *w, uint64_t first_lsn, uint64_t bytes)
 {
     if (w->nsegs == w->segs_cap) {
@@ -385,6 +465,13 @@ static void durable_advance(struct wal *w, uint64_t lsn)
  * Called with write_mu held. */
 static int roll(struct wal *w)
 {
+    /* Every segment but the last ends at its last record (wal.h,
+     * invariant 2): a recycled file loses the rest of its earlier life. */
+    uint64_t end = w->segs[w->nsegs - 1].bytes;
+    if (w->live_file_bytes > end && ftruncate(w->fd, (off_t)end) != 0) {
+        set_failed(w, "ftruncate of a recycled segment before rolling", -errno);
+        return -EIO;
+    }
     int rc = sync_fd(w, w->fd, false);
     if (rc) {
         set_failed(w, "fdatasync of a full segment before rolling", rc);
@@ -394,13 +481,17 @@ static int roll(struct wal *w)
     if (segs_push(w, w->next_lsn, WAL_SEGMENT_HEADER_BYTES) != 0)
         return -ENOMEM;
     int fd;
-    rc = segment_create(w, w->next_lsn, &fd);
+    uint64_t file_bytes = WAL_SEGMENT_HEADER_BYTES;
+    rc = segment_recycle(w, w->next_lsn, &fd, &file_bytes);
+    if (rc == 1)
+        rc = segment_create(w, w->next_lsn, &fd);
     if (rc) {
         w->nsegs--;
         return rc;
     }
     close(w->fd);
     w->fd = fd;
+    w->live_file_bytes = file_bytes;
     atomic_fetch_add(&w->n_segments_created, 1);
     LOG_D("event=wal_roll node=%u first_lsn=%" PRIu64, w->node, w->next_lsn);
     return 0;
@@ -452,10 +543,13 @@ int wal_appendv(struct wal *w, uint8_t type, const struct iovec *iov,
          * starts where the last good one ended. */
         if (ftruncate(w->fd, (off_t)live->bytes) != 0)
             set_failed(w, "ftruncate after a failed write", -errno);
+        w->live_file_bytes = live->bytes;
         pthread_mutex_unlock(&w->write_mu);
         return -EIO;
     }
     live->bytes += rec_bytes;
+    if (live->bytes > w->live_file_bytes)
+        w->live_file_bytes = live->bytes;
     w->next_lsn = lsn + 1;
     atomic_store(&w->last_lsn, lsn);
     atomic_fetch_add_explicit(&w->n_appends, 1, memory_order_relaxed);
@@ -555,6 +649,7 @@ void wal_get_stats(struct wal *w, struct wal_stats *out)
         .fsyncs = atomic_load(&w->n_fsyncs),
         .segments_created = atomic_load(&w->n_segments_created),
         .segments_deleted = atomic_load(&w->n_segments_deleted),
+        .segments_recycled = atomic_load(&w->n_segments_recycled),
         .recovered_records = w->recovered_records,
         .recovered_cut_bytes = w->recovered_cut_bytes,
         .first_lsn = atomic_load(&w->first_lsn),
@@ -758,6 +853,8 @@ static int recover_segment(struct wal *w, struct wal_segment *seg, bool last,
         }
     }
     seg->bytes = s.end;
+    if (last)
+        w->live_file_bytes = s.end;
     *expect = seg->first_lsn + s.records;
     w->recovered_records += s.records;
 out:
@@ -794,6 +891,13 @@ static int list_segments(struct wal *w)
         uint64_t first;
         if (e->d_name[0] == '.')
             continue;
+        if (spare_name_parse(e->d_name, &first)) {
+            if (w->nspares < WAL_SPARES_MAX)
+                w->spares[w->nspares++] = first;
+            else
+                unlinkat(w->dir_fd, e->d_name, 0);
+            continue;
+        }
         if (!seg_name_parse(e->d_name, &first)) {
             LOG_W("event=wal_ignored_file node=%u file=%s/%s what=\"not a segment name\"",
                   w->node, w->dir, e->d_name);
@@ -874,6 +978,7 @@ static int recover(struct wal *w)
         rc = segment_create(w, 1, &w->fd);
         if (rc)
             return rc;
+        w->live_file_bytes = WAL_SEGMENT_HEADER_BYTES;
         w->next_lsn = 1;
         return segs_push(w, 1, WAL_SEGMENT_HEADER_BYTES);
     }
@@ -938,6 +1043,12 @@ int wal_open(const char *dir, const struct wal_options *opts, struct wal **out)
 
 int wal_close(struct wal *w)
 {
+    /* A recycled live segment ends at its last record, so that a clean
+     * restart finds no earlier life to cut (and logs no torn tail). */
+    uint64_t end = w->segs[w->nsegs - 1].bytes;
+    if (!atomic_load(&w->failed) && w->live_file_bytes > end &&
+        (ftruncate(w->fd, (off_t)end) != 0 || sync_fd(w, w->fd, false) != 0))
+        set_failed(w, "cutting a recycled segment at close", -EIO);
     int rc = wal_sync(w, atomic_load(&w->last_lsn));
     if (atomic_load(&w->failed))
         rc = -EIO;
@@ -1039,13 +1150,20 @@ int wal_truncate_before(struct wal *w, uint64_t lsn)
         atomic_store(&w->first_lsn, w->segs[0].first_lsn);
     }
     pthread_mutex_unlock(&w->write_mu);
-    /* Oldest first, each unlink durable before the next: a crash leaves a
-     * contiguous suffix. The live segment is never deleted. */
+    /* Oldest first, each durable before the next: a crash leaves a
+     * contiguous suffix. The live segment is never deleted. A segment is
+     * renamed to a spare while there is room for one (only this function
+     * adds spares, under truncate_mu), otherwise unlinked. */
     size_t deleted = 0;
     for (; rc == 0 && deleted < gone; deleted++) {
-        char name[SEG_NAME_LEN + 1];
+        char name[SEG_NAME_LEN + 1], spare[SPARE_NAME_LEN + 1];
         seg_name(name, firsts[deleted]);
-        if (unlinkat(w->dir_fd, name, 0) != 0 && errno != ENOENT) {
+        spare_name(spare, firsts[deleted]);
+        pthread_mutex_lock(&w->write_mu);
+        bool keep = w->nspares < WAL_SPARES_MAX;
+        pthread_mutex_unlock(&w->write_mu);
+        int err = keep ? renameat(w->dir_fd, name, w->dir_fd, spare) : unlinkat(w->dir_fd, name, 0);
+        if (err != 0 && errno != ENOENT) {
             rc = -errno;
             LOG_E("event=wal_truncate_failed node=%u file=%s/%s errno=%d error=\"%s\"",
                   w->node, w->dir, name, -rc, strerror(-rc));
@@ -1057,6 +1175,10 @@ int wal_truncate_before(struct wal *w, uint64_t lsn)
             LOG_E("event=wal_truncate_failed node=%u dir=%s what=\"directory fsync after unlink\" errno=%d",
                   w->node, w->dir, -rc);
             rc = -EIO;
+        } else if (keep && err == 0) {
+            pthread_mutex_lock(&w->write_mu);
+            w->spares[w->nspares++] = firsts[deleted];
+            pthread_mutex_unlock(&w->write_mu);
         }
     }
     free(firsts);

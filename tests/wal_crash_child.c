@@ -8,7 +8,9 @@
  *
  * The payload of record `lsn` is a pure function of lsn (crash_payload
  * below; test_wal.c has the same function), so the parent can check every
- * byte. Bounded: stops by itself after 5 s or 20000 records. */
+ * byte. Every 25 batches it cuts the log 300 records behind its end, so
+ * that kills also land in recycled segments. Bounded: stops by itself
+ * after 5 s or 20000 records. */
 #include "consensus/wal.h"
 
 #include "base/log.h"
@@ -75,6 +77,12 @@ int main(int argc, char **argv)
         rc = wal_sync(w, lsn);
         if (rc) {
             fprintf(stderr, "wal_crash_child: sync: %s\n", strerror(-rc));
+            return 1;
+        }
+        /* Cut the log now and then, as snapshots do, so that rolls also
+         * go into recycled segment files. */
+        if (i % 25 == 24 && lsn > 300 && wal_truncate_before(w, lsn - 300) != 0) {
+            fprintf(stderr, "wal_crash_child: truncate failed\n");
             return 1;
         }
         char line[32];
