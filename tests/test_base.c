@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/buf.h"
@@ -80,6 +81,28 @@ Test(crc32c, hardware_and_table_agree_on_every_length_and_alignment)
     for (size_t off = 0; off < 9; off++)
         for (size_t len = 0; len + off <= sizeof data; len += 7)
             cr_assert_eq(crc32c(0, data + off, len), crc32c_sw(0, data + off, len));
+}
+
+/* The hardware path joins three chains over lanes of 256 and 8192 bytes:
+ * lengths around every lane boundary, at every alignment. */
+Test(crc32c, hardware_and_table_agree_across_the_interleaved_lanes)
+{
+    const size_t lens[] = {767, 768, 769, 1000, 3 * 8192 - 1, 3 * 8192, 3 * 8192 + 1,
+                           3 * 8192 + 3 * 256 + 7, 100003, 1 << 20};
+    size_t cap = (1 << 20) + 16;
+    uint8_t *data = malloc(cap);
+    cr_assert_not_null(data);
+    struct prng r;
+    prng_seed(&r, 7);
+    prng_fill(&r, data, cap);
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++)
+        for (size_t off = 0; off < 9; off++) {
+            cr_assert_eq(crc32c(0, data + off, lens[i]), crc32c_sw(0, data + off, lens[i]),
+                         "len %zu off %zu", lens[i], off);
+            cr_assert_eq(crc32c(0x12345678u, data + off, lens[i]),
+                         crc32c_sw(0x12345678u, data + off, lens[i]));
+        }
+    free(data);
 }
 
 Test(crc32c, extends_incrementally)
