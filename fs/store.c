@@ -292,6 +292,13 @@ struct ref_stripe {
     struct ref_entry *slots;
     size_t cap; /* a power of two, or 0 before the first insert */
     size_t count;
+    /* Names whose entry left the table (nothing references or writes the
+     * block any more) since the last store_gc: what it looks at, instead
+     * of every block file. At most dropped_max; past that, or when memory
+     * runs out, dropped_overflow makes the next GC walk every shard. */
+    struct store_name *dropped;
+    size_t n_dropped, cap_dropped, dropped_max;
+    bool dropped_overflow;
 };
 
 /* Names are SHA-256 outputs, uniformly spread: any 8 bytes are a hash. The
@@ -358,10 +365,30 @@ static struct ref_entry *ref_get(struct ref_stripe *st, const struct store_name 
 
 /* Removes e if it holds nothing any more; linear probing's backward-shift
  * deletion, so that no tombstones accumulate. */
+static void dropped_push(struct ref_stripe *st, const struct store_name *n)
+{
+    if (st->dropped_overflow)
+        return;
+    if (st->n_dropped == st->cap_dropped) {
+        size_t cap = st->cap_dropped ? st->cap_dropped * 2 : 16;
+        if (cap > st->dropped_max)
+            cap = st->dropped_max;
+        struct store_name *v = cap > st->n_dropped ? realloc(st->dropped, cap * sizeof *v) : NULL;
+        if (!v) {
+            st->dropped_overflow = true;
+            return;
+        }
+        st->dropped = v;
+        st->cap_dropped = cap;
+    }
+    st->dropped[st->n_dropped++] = *n;
+}
+
 static void ref_settle(struct ref_stripe *st, struct ref_entry *e)
 {
     if (e->refs > 0 || e->writers > 0)
         return;
+    dropped_push(st, &e->name);
     size_t mask = st->cap - 1, i = (size_t)(e - st->slots), j = i;
     st->slots[i].used = false;
     st->count--;
@@ -600,6 +627,8 @@ struct store {
     int root_fd, lock_fd, blocks_fd, tmp_fd, corrupt_fd;
     _Atomic uint64_t seq; /* unique suffix of temp and quarantine names */
     struct ref_stripe stripes[REF_STRIPES];
+    pthread_mutex_t gc_mu; /* one store_gc at a time */
+    bool gc_walked;        /* a GC has walked every shard since open */
     struct cache cache;
     struct coder_pool pool;
     struct store_counters st;
@@ -1348,16 +1377,17 @@ int store_list(struct store *s, store_list_fn fn, void *ctx)
     return shards_walk(s, list_visit, &l);
 }
 
-static int gc_visit(struct store *s, DIR *d, const char *file, const struct store_name *n,
-                    void *ctx)
+/* Unlinks block n (dir_fd/file) unless something references it or a put
+ * is writing it; counts it in *freed. */
+static void gc_one(struct store *s, int dir_fd, const char *file, const struct store_name *n,
+                   uint64_t *freed)
 {
-    uint64_t *freed = ctx;
     struct ref_stripe *st = stripe_of(s, n);
     bool gone = false;
     pthread_mutex_lock(&st->mu);
     /* An entry exists only while refs > 0 or a put is writing the name. */
     if (!ref_find(st, n)) {
-        if (unlinkat(dirfd(d), file, 0) == 0)
+        if (unlinkat(dir_fd, file, 0) == 0)
             gone = true;
         else if (errno != ENOENT)
             LOG_W("store_gc_unlink_failed node=%u block=%s errno=%d", s->node_id, file, errno);
@@ -1367,18 +1397,56 @@ static int gc_visit(struct store *s, DIR *d, const char *file, const struct stor
         cache_forget(&s->cache, n);
         (*freed)++;
     }
+}
+
+static int gc_visit(struct store *s, DIR *d, const char *file, const struct store_name *n,
+                    void *ctx)
+{
+    gc_one(s, dirfd(d), file, n, ctx);
     return 0;
 }
 
 /* The shard directories are not fsynced after unlinking: a crash may bring
- * an unlinked block back, which is harmless (it is unreferenced, so the next
- * GC removes it again). */
+ * an unlinked block back, which is harmless (it is unreferenced, so the
+ * first GC after the restart, which walks every shard, removes it again).
+ * Later GCs look only at the names whose count fell to zero since the one
+ * before: the work follows what changed, not the size of the store. */
 int store_gc(struct store *s, uint64_t *freed)
 {
+    pthread_mutex_lock(&s->gc_mu);
+    struct store_name *lists[REF_STRIPES];
+    size_t counts[REF_STRIPES];
+    bool walk = !s->gc_walked;
+    for (int i = 0; i < REF_STRIPES; i++) {
+        struct ref_stripe *st = &s->stripes[i];
+        pthread_mutex_lock(&st->mu);
+        lists[i] = st->dropped;
+        counts[i] = st->n_dropped;
+        walk |= st->dropped_overflow;
+        st->dropped = NULL;
+        st->n_dropped = st->cap_dropped = 0;
+        st->dropped_overflow = false;
+        pthread_mutex_unlock(&st->mu);
+    }
     uint64_t n = 0;
-    int rc = shards_walk(s, gc_visit, &n);
+    int rc = 0;
+    if (walk) {
+        rc = shards_walk(s, gc_visit, &n);
+        s->gc_walked = rc == 0; /* else the next GC walks again */
+    } else {
+        for (int i = 0; i < REF_STRIPES; i++)
+            for (size_t k = 0; k < counts[i]; k++) {
+                char path[PATH_LEN];
+                block_path(&lists[i][k], path);
+                gc_one(s, s->blocks_fd, path, &lists[i][k], &n);
+            }
+    }
+    for (int i = 0; i < REF_STRIPES; i++)
+        free(lists[i]);
+    pthread_mutex_unlock(&s->gc_mu);
     count(&s->st.gc_freed, n);
-    LOG_I("store_gc node=%u freed=%llu rc=%d", s->node_id, (unsigned long long)n, rc);
+    LOG_I("store_gc node=%u freed=%llu walked=%d rc=%d", s->node_id, (unsigned long long)n,
+          walk, rc);
     if (freed)
         *freed = n;
     return rc;
@@ -1574,6 +1642,10 @@ int store_open(const struct store_config *cfg, struct store **out)
     atomic_store(&s->seq, clock_wall_ns());
     for (int i = 0; i < REF_STRIPES; i++)
         pthread_mutex_init(&s->stripes[i].mu, NULL);
+    size_t candidates = cfg->gc_candidates_max ? cfg->gc_candidates_max : STORE_GC_CANDIDATES_DEFAULT;
+    for (int i = 0; i < REF_STRIPES; i++)
+        s->stripes[i].dropped_max = candidates / REF_STRIPES ? candidates / REF_STRIPES : 1;
+    pthread_mutex_init(&s->gc_mu, NULL);
     pthread_mutex_init(&s->pool.mu, NULL);
     pthread_mutex_init(&s->repair_mu, NULL);
     pthread_cond_init(&s->repair_cond, NULL);
@@ -1614,8 +1686,10 @@ void store_close(struct store *s)
         return;
     for (int i = 0; i < REF_STRIPES; i++) {
         free(s->stripes[i].slots);
+        free(s->stripes[i].dropped);
         pthread_mutex_destroy(&s->stripes[i].mu);
     }
+    pthread_mutex_destroy(&s->gc_mu);
     cache_deinit(&s->cache);
     for (int guard = 0; s->pool.idle && guard <= CODER_IDLE_MAX; guard++) {
         struct coder *c = s->pool.idle;

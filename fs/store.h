@@ -135,7 +135,12 @@ struct store_config {
     uint32_t node_id;     /* for log lines only */
     bool defer_sync;      /* skip each put's fdatasync and directory fsync
                              (see below); false, the default, keeps them */
+    size_t gc_candidates_max; /* names whose count fell to zero, kept for the
+                             next store_gc (32 bytes each); past it that GC
+                             walks every block file. 0: the default */
 };
+
+#define STORE_GC_CANDIDATES_DEFAULT 262144 /* 8 MiB of names */
 
 /* defer_sync is for a caller that can write every block again after a
  * crash, which is the replicated state machine's case: a block is put only
@@ -281,7 +286,9 @@ uint64_t store_refcount(struct store *s, const struct store_name *name);
  * them from the cache; *freed (may be NULL) gets the count. Call it only
  * after the state machine has re-referenced every block it uses: before
  * that, every block is unreferenced and would go. Concurrent puts, refs and
- * unrefs are safe (invariant 4). */
+ * unrefs are safe (invariant 4). The first GC after open reads every block
+ * file's name; later ones only the names whose count fell to zero since
+ * (see gc_candidates_max). */
 int store_gc(struct store *s, uint64_t *freed);
 
 /* Makes every block file written so far durable: syncfs() of the file

@@ -803,6 +803,97 @@ Test(store, gc_deletes_unreferenced_blocks_and_keeps_referenced_ones)
     store_close(s);
 }
 
+/* A copy of block n's file under another well-formed name in the same
+ * shard, which nothing references and no put made: what a crash can leave
+ * behind. Returns that name. */
+static struct store_name plant_stray(const struct store_name *n)
+{
+    struct store_name stray = *n;
+    stray.b[STORE_NAME_LEN - 1] ^= 0xff;
+    char from[256], to[256];
+    block_file(n, from, sizeof from);
+    block_file(&stray, to, sizeof to);
+    cr_assert_eq(link(from, to), 0);
+    return stray;
+}
+
+Test(store, gc_after_the_first_looks_only_at_names_whose_count_fell_to_zero)
+{
+    struct store *s = open_store(BS, 0);
+    struct store_name n[3];
+    for (uint32_t i = 0; i < 3; i++) {
+        uint8_t data[500];
+        fill_random(data, sizeof data, 700 + i);
+        cr_assert_eq(store_put(s, data, sizeof data, &n[i]), 0);
+    }
+    uint64_t freed = 1;
+    cr_assert_eq(store_gc(s, &freed), 0);
+    cr_assert_eq(freed, 0);
+    struct store_name stray = plant_stray(&n[0]);
+    cr_assert_eq(store_unref(s, &n[1]), 0);
+    cr_assert_eq(store_gc(s, &freed), 0);
+    cr_assert_eq(freed, 1, "only the block whose count fell to zero");
+    cr_assert_eq(store_has(s, &n[1]), 0);
+    cr_assert_eq(store_has(s, &stray), 1, "no shard was walked");
+    /* Re-referenced before the GC: a dropped name that came back stays. */
+    cr_assert_eq(store_unref(s, &n[2]), 0);
+    store_ref(s, &n[2]);
+    cr_assert_eq(store_gc(s, &freed), 0);
+    cr_assert_eq(freed, 0);
+    cr_assert_eq(store_has(s, &n[2]), 1);
+    store_close(s);
+    /* The first GC after open walks every shard and finds the stray. */
+    s = open_store(0, 0);
+    store_ref(s, &n[0]);
+    store_ref(s, &n[2]);
+    cr_assert_eq(store_gc(s, &freed), 0);
+    cr_assert_eq(freed, 1);
+    cr_assert_eq(store_has(s, &stray), 0);
+    cr_assert_eq(store_has(s, &n[0]), 1);
+    cr_assert_eq(store_has(s, &n[2]), 1);
+    store_close(s);
+}
+
+static void gc_many(size_t candidates_max)
+{
+    struct store_config cfg;
+    store_config_init(&cfg, fx.root);
+    cfg.block_size = BS;
+    cfg.gc_candidates_max = candidates_max;
+    struct store *s = NULL;
+    cr_assert_eq(store_open(&cfg, &s), 0);
+    enum { N = 300 };
+    struct store_name n[N];
+    for (uint32_t i = 0; i < N; i++) {
+        uint8_t data[100];
+        fill_random(data, sizeof data, 900 + i);
+        cr_assert_eq(store_put(s, data, sizeof data, &n[i]), 0);
+    }
+    cr_assert_eq(store_gc(s, NULL), 0);
+    struct store_name stray = plant_stray(&n[0]);
+    for (uint32_t i = 0; i < N; i += 2)
+        cr_assert_eq(store_unref(s, &n[i]), 0);
+    uint64_t freed = 0;
+    cr_assert_eq(store_gc(s, &freed), 0);
+    /* Past the bound, the GC walks every shard, and so finds the stray. */
+    bool walked = candidates_max != 0 && candidates_max < N / 2; /* 0: the default */
+    cr_assert_eq(freed, N / 2 + walked);
+    for (uint32_t i = 0; i < N; i++)
+        cr_assert_eq(store_has(s, &n[i]), i % 2, "block %u", i);
+    cr_assert_eq(store_has(s, &stray), !walked);
+    store_close(s);
+}
+
+Test(store, gc_of_many_dropped_names_frees_each_once)
+{
+    gc_many(0);
+}
+
+Test(store, gc_past_its_bound_on_dropped_names_walks_every_shard)
+{
+    gc_many(64); /* one name per stripe */
+}
+
 Test(store, after_restart_gc_keeps_only_what_was_re_referenced)
 {
     struct store *s = open_store(BS, 0);
