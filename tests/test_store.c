@@ -803,6 +803,19 @@ Test(store, gc_deletes_unreferenced_blocks_and_keeps_referenced_ones)
     store_close(s);
 }
 
+/* Puts count blocks of len random bytes (seeds seed, seed + 1, ...). */
+static void put_random_blocks(struct store *s, struct store_name *n, uint32_t count, size_t len,
+                              uint64_t seed)
+{
+    uint8_t *data = malloc(len);
+    cr_assert_not_null(data);
+    for (uint32_t i = 0; i < count; i++) {
+        fill_random(data, len, seed + i);
+        cr_assert_eq(store_put(s, data, len, &n[i]), 0);
+    }
+    free(data);
+}
+
 /* A copy of block n's file under another well-formed name in the same
  * shard, which nothing references and no put made: what a crash can leave
  * behind. Returns that name. */
@@ -821,11 +834,7 @@ Test(store, gc_after_the_first_looks_only_at_names_whose_count_fell_to_zero)
 {
     struct store *s = open_store(BS, 0);
     struct store_name n[3];
-    for (uint32_t i = 0; i < 3; i++) {
-        uint8_t data[500];
-        fill_random(data, sizeof data, 700 + i);
-        cr_assert_eq(store_put(s, data, sizeof data, &n[i]), 0);
-    }
+    put_random_blocks(s, n, 3, 500, 700);
     uint64_t freed = 1;
     cr_assert_eq(store_gc(s, &freed), 0);
     cr_assert_eq(freed, 0);
@@ -864,11 +873,7 @@ static void gc_many(size_t candidates_max)
     cr_assert_eq(store_open(&cfg, &s), 0);
     enum { N = 300 };
     struct store_name n[N];
-    for (uint32_t i = 0; i < N; i++) {
-        uint8_t data[100];
-        fill_random(data, sizeof data, 900 + i);
-        cr_assert_eq(store_put(s, data, sizeof data, &n[i]), 0);
-    }
+    put_random_blocks(s, n, N, 100, 900);
     cr_assert_eq(store_gc(s, NULL), 0);
     struct store_name stray = plant_stray(&n[0]);
     for (uint32_t i = 0; i < N; i += 2)
@@ -898,11 +903,7 @@ Test(store, after_restart_gc_keeps_only_what_was_re_referenced)
 {
     struct store *s = open_store(BS, 0);
     struct store_name n[4];
-    for (uint32_t i = 0; i < 4; i++) {
-        uint8_t data[500];
-        fill_random(data, sizeof data, 300 + i);
-        cr_assert_eq(store_put(s, data, sizeof data, &n[i]), 0);
-    }
+    put_random_blocks(s, n, 4, 500, 300);
     store_close(s);
     s = open_store(0, 0);
     /* Refcounts are not persisted: the state machine re-references. */
