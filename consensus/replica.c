@@ -47,7 +47,8 @@ struct call {
 };
 
 /* A client thread waiting for a proposal or a read barrier. Lives on that
- * thread's stack; every field is guarded by r->lock. */
+ * thread's stack; its fields are guarded by r->lock, except that the
+ * waiter reads status and result without it once `posted` was posted. */
 struct waiter {
     sem_t posted; /* posted once, by complete() */
     bool done;    /* under r->lock */

@@ -363,8 +363,7 @@ static struct ref_entry *ref_get(struct ref_stripe *st, const struct store_name 
     return ref_find(st, n);
 }
 
-/* Removes e if it holds nothing any more; linear probing's backward-shift
- * deletion, so that no tombstones accumulate. */
+/* Notes a name whose entry leaves the table, for the next store_gc. */
 static void dropped_push(struct ref_stripe *st, const struct store_name *n)
 {
     if (st->dropped_overflow)
@@ -384,6 +383,8 @@ static void dropped_push(struct ref_stripe *st, const struct store_name *n)
     st->dropped[st->n_dropped++] = *n;
 }
 
+/* Removes e if it holds nothing any more; linear probing's backward-shift
+ * deletion, so that no tombstones accumulate. */
 static void ref_settle(struct ref_stripe *st, struct ref_entry *e)
 {
     if (e->refs > 0 || e->writers > 0)
