@@ -1000,6 +1000,33 @@ Test(wal, truncated_segments_are_recycled_by_later_rolls)
     cr_assert_eq(wal_close(w), 0);
 }
 
+Test(wal, spares_beyond_two_are_deleted_at_open_and_garbage_spares_are_never_read)
+{
+    cr_assert_eq(mkdir(dir, 0755), 0);
+    /* Spare files hold whatever an earlier life left: here, garbage. */
+    for (int i = 1; i <= 3; i++) {
+        char p[PATH_MAX];
+        snprintf(p, sizeof p, "%s/spare-%020d", dir, i);
+        uint8_t junk[3000];
+        memset(junk, 0xa5 + i, sizeof junk);
+        write_all(p, junk, sizeof junk);
+    }
+    struct wal_options o = {.segment_bytes = 1024};
+    struct wal *w = open_ok(&o);
+    cr_assert_eq(count_spares(), 2);
+    append_n(w, len_100, 30); /* rolls into both spares, then new files */
+    struct wal_stats st;
+    wal_get_stats(w, &st);
+    cr_assert_eq(st.segments_recycled, 2);
+    cr_assert_eq(count_spares(), 0);
+    cr_assert_eq(wal_close(w), 0);
+    log_reset();
+    w = open_ok(&o);
+    cr_assert_eq(replay_check(w, len_100, 1), 30);
+    cr_assert_null(strstr(logbuf, "wal_torn_tail"), "%s", logbuf);
+    cr_assert_eq(wal_close(w), 0);
+}
+
 /* Writes 100 + more records, cutting the log before lsn 60 after the
  * first 100 so that later rolls reuse spare files, syncs, and "crashes"
  * (exits without wal_close): the recycled live segment still holds its
