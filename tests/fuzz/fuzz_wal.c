@@ -77,12 +77,16 @@ static void fuzz_scan(const uint8_t *data, size_t size, uint64_t first)
         break;
     case WAL_SCAN_LSN:
         CHECK(wal_record_decode(data + s.end, size - s.end, MAX_RECORD, &rec) > 0);
-        CHECK(rec.lsn == s.bad_lsn && rec.lsn != first + s.records);
+        CHECK(rec.lsn == s.bad_lsn && rec.lsn != first + s.records && rec.lsn >= first);
         break;
-    case WAL_SCAN_TORN:
+    case WAL_SCAN_TORN: {
         CHECK(s.end < size && s.bad_rc < 0);
-        CHECK(wal_record_decode(data + s.end, size - s.end, MAX_RECORD, &rec) == s.bad_rc);
+        ssize_t n = wal_record_decode(data + s.end, size - s.end, MAX_RECORD, &rec);
+        /* A whole record older than the segment (a recycled file's earlier
+         * life) ends the segment as a bad record does. */
+        CHECK(s.bad_rc == -ESTALE ? n > 0 && rec.lsn < first : n == s.bad_rc);
         break;
+    }
     case WAL_SCAN_CORRUPT:
         CHECK(s.end < size && s.bad_rc < 0 && s.valid_off > s.end && s.valid_off < size);
         CHECK(wal_record_decode(data + s.valid_off, size - s.valid_off, MAX_RECORD, &rec) > 0);
