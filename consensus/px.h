@@ -305,6 +305,8 @@ int px_dedup_check(const struct px_dedup *d, uint32_t origin, uint64_t session,
                    uint64_t seq, int64_t *result);
 void px_dedup_record(struct px_dedup *d, uint32_t origin, uint64_t session,
                      uint64_t seq, int64_t result);
+/* The newest session of origin the table holds, 0 if none. */
+uint64_t px_dedup_newest_session(const struct px_dedup *d, uint32_t origin);
 /* Appends the table to out (for snapshots); decode rebuilds one from bytes
  * written by encode, or fails with -EBADMSG without touching *out. */
 void px_dedup_encode(const struct px_dedup *d, struct buf *out);

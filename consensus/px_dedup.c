@@ -89,6 +89,12 @@ static size_t origin_sessions(const struct px_dedup *d, uint32_t origin, size_t 
     return k;
 }
 
+uint64_t px_dedup_newest_session(const struct px_dedup *d, uint32_t origin)
+{
+    size_t first, k = origin_sessions(d, origin, &first);
+    return k ? d->s[first + k - 1].session : 0;
+}
+
 int px_dedup_check(const struct px_dedup *d, uint32_t origin, uint64_t session,
                    uint64_t seq, int64_t *result)
 {

@@ -273,7 +273,18 @@ static int open_replica(const struct replica_config *cfg, bool online, struct re
     if (rc == 0)
         rc = load_snapshot(r, st.snapshot_marker);
     if (rc == 0) {
+        /* A session id this node never used: above the one its WAL names
+         * and its own newest in the snapshot's dedup table, and not below
+         * the wall clock in microseconds. The clock is for a node whose data
+         * directory was emptied: nothing local remembers its last session
+         * then, and the cluster's dedup table would take the proposals of a
+         * reused one for its earlier life's (never applied, or answered
+         * with an old result). It assumes the clock has not gone back by
+         * more than the time since that earlier life began. */
         r->session = st.session + 1;
+        if (r->dedup)
+            r->session = MAX(r->session, px_dedup_newest_session(r->dedup, cfg->id) + 1);
+        r->session = MAX(r->session, clock_wall_ns() / 1000);
         struct px_config pc;
         px_config_defaults(&pc, cfg->id, cfg->n_nodes);
         pc.seed = ((uint64_t)cfg->id << 40) ^ r->session ^ (uint64_t)time(NULL);
