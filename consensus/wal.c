@@ -461,18 +461,32 @@ static void durable_advance(struct wal *w, uint64_t lsn)
     pthread_mutex_unlock(&w->sync_mu);
 }
 
+/* Cuts a recycled live segment at its last record: its earlier life goes.
+ * Before a roll, because every segment but the last ends at its last record
+ * (wal.h, invariant 2); at close, so that a clean restart cuts nothing and
+ * logs no torn tail. 1 if it cut (not yet durable), 0 if there was nothing
+ * to cut, or -errno. */
+static int cut_recycled_tail(struct wal *w)
+{
+    uint64_t end = w->segs[w->nsegs - 1].bytes;
+    if (w->live_file_bytes <= end)
+        return 0;
+    if (ftruncate(w->fd, (off_t)end) != 0)
+        return -errno;
+    w->live_file_bytes = end;
+    return 1;
+}
+
 /* Makes the live segment durable, then starts a new one at next_lsn.
  * Called with write_mu held. */
 static int roll(struct wal *w)
 {
-    /* Every segment but the last ends at its last record (wal.h,
-     * invariant 2): a recycled file loses the rest of its earlier life. */
-    uint64_t end = w->segs[w->nsegs - 1].bytes;
-    if (w->live_file_bytes > end && ftruncate(w->fd, (off_t)end) != 0) {
-        set_failed(w, "ftruncate of a recycled segment before rolling", -errno);
+    int rc = cut_recycled_tail(w);
+    if (rc < 0) {
+        set_failed(w, "ftruncate of a recycled segment before rolling", rc);
         return -EIO;
     }
-    int rc = sync_fd(w, w->fd, false);
+    rc = sync_fd(w, w->fd, false);
     if (rc) {
         set_failed(w, "fdatasync of a full segment before rolling", rc);
         return -EIO;
@@ -1043,13 +1057,10 @@ int wal_open(const char *dir, const struct wal_options *opts, struct wal **out)
 
 int wal_close(struct wal *w)
 {
-    /* A recycled live segment ends at its last record, so that a clean
-     * restart finds no earlier life to cut (and logs no torn tail). */
-    uint64_t end = w->segs[w->nsegs - 1].bytes;
-    if (!atomic_load(&w->failed) && w->live_file_bytes > end &&
-        (ftruncate(w->fd, (off_t)end) != 0 || sync_fd(w, w->fd, false) != 0))
+    int rc = atomic_load(&w->failed) ? 0 : cut_recycled_tail(w);
+    if (rc < 0 || (rc == 1 && sync_fd(w, w->fd, false) != 0))
         set_failed(w, "cutting a recycled segment at close", -EIO);
-    int rc = wal_sync(w, atomic_load(&w->last_lsn));
+    rc = wal_sync(w, atomic_load(&w->last_lsn));
     if (atomic_load(&w->failed))
         rc = -EIO;
     wal_free(w);
