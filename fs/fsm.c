@@ -2749,7 +2749,58 @@ int fsm_image_encode(struct fsm *f, struct buf *out)
     return rc != 0 ? rc : fsm_image_finish(f, out);
 }
 
+/* Whether a cache of `was` still describes `now` (same ino). */
+static bool inode_unchanged(const struct inode *was, const struct inode *now)
+{
+    if (was->mode != now->mode || was->nlink != now->nlink || was->uid != now->uid ||
+        was->gid != now->gid || was->rdev != now->rdev || was->size != now->size ||
+        was->atime_ns != now->atime_ns || was->mtime_ns != now->mtime_ns ||
+        was->ctime_ns != now->ctime_ns)
+        return false;
+    if (!S_ISREG(was->mode))
+        return true;
+    if (was->u.file.n != now->u.file.n)
+        return false;
+    for (uint32_t k = 0; k < was->u.file.n; k++)
+        if (was->u.file.map[k].index != now->u.file.map[k].index ||
+            !store_name_eq(&was->u.file.map[k].name, &now->u.file.map[k].name))
+            return false;
+    return true;
+}
+
+/* Reports to fn what differs between the old state and f's (new) one. */
+static void restore_report(const struct fsm *old, const struct fsm *f, fsm_restore_fn fn,
+                           void *ctx)
+{
+    for (uint64_t i = 0; i < old->itab_cap; i++) {
+        const struct inode *was = old->itab[i];
+        if (!was)
+            continue;
+        const struct inode *now = itab_get(f, was->ino);
+        if (!now || !inode_unchanged(was, now))
+            fn(ctx, was->ino, NULL, 0);
+        if (!S_ISDIR(was->mode))
+            continue;
+        const struct dir *d = &was->u.dir;
+        for (uint32_t k = 0; k < d->tab_cap; k++) {
+            const struct dent *e = d->tab[k];
+            if (!e)
+                continue;
+            const struct dent *ne =
+                now && S_ISDIR(now->mode) ? dir_find(&now->u.dir, e->name, e->name_len) : NULL;
+            if (!ne || ne->ino != e->ino)
+                fn(ctx, was->ino, e->name, e->name_len);
+        }
+    }
+}
+
 int fsm_image_restore(struct fsm *f, const uint8_t *p, size_t len)
+{
+    return fsm_image_restore_changes(f, p, len, NULL, NULL);
+}
+
+int fsm_image_restore_changes(struct fsm *f, const uint8_t *p, size_t len, fsm_restore_fn fn,
+                              void *ctx)
 {
     struct img im;
     int rc = img_open(&im, p, len);
@@ -2793,6 +2844,8 @@ int fsm_image_restore(struct fsm *f, const uint8_t *p, size_t len)
             for (uint32_t k = 0; k < in->u.file.n; k++)
                 block_unref(f, &in->u.file.map[k].name);
     }
+    if (fn)
+        restore_report(s, f, fn, ctx);
     uint64_t n_inodes = f->n_inodes, next_ino = f->next_ino;
     pthread_rwlock_unlock(&f->lock);
     state_free(s); /* the old state's memory, outside the lock */

@@ -299,6 +299,17 @@ extern void (*fsm_test_image_batch_hook)(uint64_t encoded);
  * accepted, and fsm_check reports it. */
 int fsm_image_restore(struct fsm *f, const uint8_t *p, size_t len);
 
+/* What a restore changed, for caches of the old state (the kernel's): once
+ * per inode of the old state that is gone or whose attributes or block map
+ * differ, fn(ctx, ino, NULL, 0); once per entry of the old state that is
+ * gone or names another inode now, fn(ctx, parent, name, name_len). Names
+ * that only the new state has are not reported (nothing caches them). */
+typedef void (*fsm_restore_fn)(void *ctx, uint64_t ino, const char *name, size_t name_len);
+/* fsm_image_restore, calling fn (under the write lock: it must not call
+ * into the fsm) with every change, after the swap. */
+int fsm_image_restore_changes(struct fsm *f, const uint8_t *p, size_t len, fsm_restore_fn fn,
+                              void *ctx);
+
 /* Reads an image's header without building it: n_nodes, block size. Checks
  * the magic, version, header fields and the CRC; -EBADMSG. */
 int fsm_image_info(const uint8_t *p, size_t len, uint32_t *n_nodes, uint32_t *block_size);

@@ -17,23 +17,27 @@
  *  2. No handler and no apply calls fuse_lowlevel_notify_*: the kernel may
  *     hold the very locks a notification needs while it waits for a reply
  *     (libfuse, notify_inval_entry). Only the notifier thread does, holding
- *     no lock of ours.
+ *     no lock of ours. The one exception is open_attr's attribute-only
+ *     invalidation, which needs no such lock.
  *  3. The FUSE inode number is the fsm's inode number (FSM_ROOT_INO ==
  *     FUSE_ROOT_ID) and the generation is the fsm's; the kernel's lookup
  *     counts are not tracked (forget is a no-op).
  *  4. An inode with a local open handle is never released by this node; the
  *     open count is taken before the open reply and dropped at release (or
  *     when the open reply fails, since then no release will come).
- *  5. Kernel caches live at most MNT_CACHE_TIMEOUT_S (0 in strict mode);
- *     invalidations make other hosts' changes visible sooner, and a lost
- *     invalidation (queue full) costs only that timeout.
+ *  5. Kernel caches live at most -o cache_timeout (MNT_CACHE_TIMEOUT_S; 0
+ *     in strict mode); invalidations make other hosts' changes, and what a
+ *     snapshot install changed, visible sooner, and a lost invalidation
+ *     (queue full) costs only that timeout.
  *
  * Consistency modes (-o consistency=):
  *   close-to-open  open and opendir run the read barrier and then wait (a
  *                  bounded time) until the notifier has sent every
- *                  invalidation queued so far, so the attributes the kernel
- *                  uses after the open are not older than the barrier. The
- *                  page cache is dropped at every open (no keep_cache).
+ *                  invalidation queued so far, and drop the kernel's
+ *                  attributes of the inode they open, so the attributes the
+ *                  kernel uses after the open are not older than the
+ *                  barrier. The page cache is dropped at every open (no
+ *                  keep_cache).
  *   strict         the barrier before every read-type request; the kernel
  *                  caches nothing (timeouts 0, direct I/O on files).
  *   local          never a barrier: reads may be stale, and go on without
@@ -125,6 +129,7 @@ struct mnt_options {
     uint64_t snapshot_every_slots; /* 0: the replica's default */
     uint64_t log_slack_slots;      /* 0: the replica's default */
     uint64_t transfer_rate_max;    /* bytes/s of a snapshot transfer, 0: unlimited */
+    uint32_t cache_timeout_s;      /* 0: MNT_CACHE_TIMEOUT_S */
 };
 
 /* One queued invalidation: an inode (attributes and data) or an entry. */
@@ -610,17 +615,21 @@ static int sm_snapshot_image(void *ctx, struct buf *out)
     return fsm_image_finish(m->fsm, out);
 }
 
+/* A restore's change (fsm_restore_fn): the kernel may cache the old one. */
+static void restore_changed(void *ctx, uint64_t ino, const char *name, size_t len)
+{
+    struct mnt *m = ctx;
+    if (atomic_load(&m->notify_on))
+        inval_push(m, name != NULL, ino, name, len);
+}
+
 static int sm_restore(void *ctx, const uint8_t *image, size_t len)
 {
     struct mnt *m = ctx;
-    int rc = fsm_image_restore(m->fsm, image, len);
+    int rc = fsm_image_restore_changes(m->fsm, image, len, restore_changed, m);
     if (rc != 0)
         return rc;
     pin_image(m, image, len);
-    /* Everything may have changed. The root's attributes go now; other
-     * cached entries and attributes expire within MNT_CACHE_TIMEOUT_S. */
-    if (atomic_load(&m->notify_on))
-        inval_push(m, false, FSM_ROOT_INO, NULL, 0);
     return 0;
 }
 
@@ -1050,13 +1059,31 @@ static void reply_opened(fuse_req_t req, uint64_t ino, struct fuse_file_info *fi
         open_unref(m, ino); /* the open never reached the kernel: no release */
 }
 
+/* After open's barrier: the inode's attributes now, and in close-to-open
+ * mode the kernel's cached ones dropped, so that the size it reads up to
+ * is not older than the barrier even if an invalidation was lost (a full
+ * queue, or one that reached the kernel before a lookup's reply made the
+ * inode there). Attributes only: that takes no kernel lock a request may
+ * hold, so the handler sends it itself (invariant 2's one exception). An
+ * inode that is gone is -ESTALE: the kernel then looks the path up again
+ * instead of failing on the stale entry it opened by. */
+static int open_attr(struct mnt *m, uint64_t ino, struct fsm_attr *a)
+{
+    int rc = fsm_getattr(m->fsm, ino, a);
+    if (rc == -ENOENT)
+        return -ESTALE;
+    if (rc == 0 && m->opt.consistency == MNT_CLOSE_TO_OPEN)
+        (void)fuse_lowlevel_notify_inval_inode(m->se, ino, -1, 0);
+    return rc;
+}
+
 static void mnt_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct mnt *m = req_mnt(req);
     int rc = open_barrier(m);
     struct fsm_attr a;
     if (rc == 0)
-        rc = fsm_getattr(m->fsm, ino, &a);
+        rc = open_attr(m, ino, &a);
     if (rc == 0 && S_ISDIR(a.mode) && (fi->flags & O_ACCMODE) != O_RDONLY)
         rc = -EISDIR;
     if (rc == 0 && (fi->flags & O_TRUNC) && (fi->flags & O_ACCMODE) != O_RDONLY &&
@@ -1108,7 +1135,7 @@ static void mnt_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
     int rc = open_barrier(m);
     struct fsm_attr a;
     if (rc == 0)
-        rc = fsm_getattr(m->fsm, ino, &a);
+        rc = open_attr(m, ino, &a);
     if (rc == 0 && !S_ISDIR(a.mode))
         rc = -ENOTDIR;
     if (rc != 0) {
@@ -1631,6 +1658,8 @@ static const char mnt_usage_text[] =
     "                  allow_other            let other users access the mount\n"
     "                  default_permissions    the kernel checks permissions (always on)\n"
     "                  cache_mb=N             block cache in MiB (default 64)\n"
+    "                  cache_timeout=SECONDS  how long the kernel may cache entries and\n"
+    "                                         attributes (default 1; not in strict mode)\n"
     "                  op_timeout=SECONDS     mutations fail with EIO after this long\n"
     "                                         without a quorum (default: cluster.conf)\n"
     "                  snapshot_every=SLOTS   snapshot and compact the log every SLOTS\n"
@@ -1701,6 +1730,14 @@ static int parse_one_option(struct mnt_options *o, const char *opt)
         o->cache_bytes = (size_t)mb << 20;
         return 0;
     }
+    if (KEY_IS("cache_timeout") && val) {
+        uint32_t secs;
+        if (parse_u32(val, 1, 3600, &secs) != 0)
+            return mnt_usage_error("bad -o cache_timeout=%s: use a number of seconds, 1..3600",
+                                   val);
+        o->cache_timeout_s = secs;
+        return 0;
+    }
     if (KEY_IS("op_timeout") && val) {
         uint32_t secs;
         if (parse_u32(val, 1, 86400, &secs) != 0)
@@ -1734,7 +1771,8 @@ static int parse_one_option(struct mnt_options *o, const char *opt)
     }
 #undef KEY_IS
     return mnt_usage_error("unknown or malformed mount option '%s': valid are consistency=MODE, "
-                           "allow_other, default_permissions, cache_mb=N, op_timeout=SECONDS, "
+                           "allow_other, default_permissions, cache_mb=N, cache_timeout=SECONDS, "
+                           "op_timeout=SECONDS, "
                            "snapshot_every=SLOTS, log_slack=SLOTS, transfer_mb_s=N, debug", opt);
 }
 
@@ -2047,7 +2085,9 @@ static void mnt_init_struct(struct mnt *m, const struct mnt_options *o)
     memset(m, 0, sizeof *m);
     m->opt = *o;
     m->node = o->node;
-    m->timeout_s = o->consistency == MNT_STRICT ? 0.0 : MNT_CACHE_TIMEOUT_S;
+    m->timeout_s = o->consistency == MNT_STRICT ? 0.0
+                   : o->cache_timeout_s           ? o->cache_timeout_s
+                                                  : MNT_CACHE_TIMEOUT_S;
     pthread_mutex_init(&m->open_lock, NULL);
     pthread_mutex_init(&m->pins_lock, NULL);
     pthread_mutex_init(&m->q_lock, NULL);

@@ -512,6 +512,86 @@ Test(fsm_image, restore_replaces_a_non_empty_state_and_moves_the_references)
     buf_deinit(&img);
 }
 
+/* What fsm_image_restore_changes reports: inodes and entries. */
+struct reported {
+    uint64_t inos[64];
+    size_t n_inos;
+    struct {
+        uint64_t parent;
+        char name[32];
+    } entries[64];
+    size_t n_entries;
+};
+
+static void reported_cb(void *ctx, uint64_t ino, const char *name, size_t len)
+{
+    struct reported *r = ctx;
+    if (!name) {
+        cr_assert_lt(r->n_inos, ARRAY_LEN(r->inos));
+        r->inos[r->n_inos++] = ino;
+        return;
+    }
+    cr_assert_lt(r->n_entries, ARRAY_LEN(r->entries));
+    cr_assert_lt(len, sizeof r->entries[0].name);
+    r->entries[r->n_entries].parent = ino;
+    memcpy(r->entries[r->n_entries].name, name, len);
+    r->entries[r->n_entries].name[len] = 0;
+    r->n_entries++;
+}
+
+static bool reported_ino(const struct reported *r, uint64_t ino)
+{
+    for (size_t i = 0; i < r->n_inos; i++)
+        if (r->inos[i] == ino)
+            return true;
+    return false;
+}
+
+static bool reported_entry(const struct reported *r, uint64_t parent, const char *name)
+{
+    for (size_t i = 0; i < r->n_entries; i++)
+        if (r->entries[i].parent == parent && strcmp(r->entries[i].name, name) == 0)
+            return true;
+    return false;
+}
+
+Test(fsm_image, a_restore_reports_what_the_old_state_had_differently)
+{
+    /* g holds the populated tree; fs goes on with more ops; g then
+     * restores fs's image, as a lagging replica installs a snapshot. */
+    struct tree t = populate(fs);
+    struct buf old_img, new_img;
+    encode(fs, &old_img);
+    struct fsm *g = fresh();
+    cr_assert_eq(fsm_image_restore(g, old_img.data, old_img.len), 0);
+
+    struct reported same = {0};
+    cr_assert_eq(fsm_image_restore_changes(g, old_img.data, old_img.len, reported_cb, &same), 0);
+    cr_assert_eq(same.n_inos + same.n_entries, 0, "an identical image changes nothing");
+
+    more_ops(fs, &t);
+    encode(fs, &new_img);
+    struct reported r = {0};
+    cr_assert_eq(fsm_image_restore_changes(g, new_img.data, new_img.len, reported_cb, &r), 0);
+    cr_assert_eq(fsm_digest(g), fsm_digest(fs));
+
+    cr_assert(reported_ino(&r, t.f), "written, and a link of it gone");
+    cr_assert(reported_ino(&r, t.orphan), "released everywhere: gone");
+    cr_assert(reported_ino(&r, t.big), "an xattr set: its ctime");
+    cr_assert(reported_ino(&r, t.a), "an entry added");
+    cr_assert(reported_ino(&r, t.c), "an entry removed");
+    cr_assert(reported_ino(&r, FSM_ROOT_INO), "y2 moved out");
+    cr_assert(!reported_ino(&r, t.link) && !reported_ino(&r, t.fifo) &&
+              !reported_ino(&r, t.chr) && !reported_ino(&r, t.dup) && !reported_ino(&r, t.x1),
+              "untouched inodes are not reported");
+    cr_assert(reported_entry(&r, FSM_ROOT_INO, "y2"), "a name moved away");
+    cr_assert(reported_entry(&r, t.c, "f-link"), "a name removed");
+    cr_assert_eq(r.n_entries, 2, "unchanged and new names are not reported (%zu)", r.n_entries);
+    buf_deinit(&old_img);
+    buf_deinit(&new_img);
+    fsm_free(g);
+}
+
 Test(fsm_image, restore_references_blocks_the_store_does_not_have)
 {
     uint64_t f1 = mkfile(fs, FSM_ROOT_INO, "f");

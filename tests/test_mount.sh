@@ -277,6 +277,7 @@ bad_input "bad input: data dir of another cluster is exit 2" --config "$T/other/
 bad_input "bad input: busy mountpoint is exit 2" --config "$CONF" --node 1 --data "$T/newdata" "$M1"
 bad_input "bad input: unknown -o option is exit 2" --config "$CONF" --node 1 --data "$T/newdata" -o bogus "$T/spare"
 bad_input "bad input: bad consistency mode is exit 2" --config "$CONF" --node 1 --data "$T/newdata" -o consistency=sometimes "$T/spare"
+bad_input "bad input: a cache_timeout of 0 is exit 2" --config "$CONF" --node 1 --data "$T/newdata" -o cache_timeout=0 "$T/spare"
 bad_input "bad input: missing --node is exit 2" --config "$CONF" --data "$T/newdata" "$T/spare"
 
 # ---- write-behind ----------------------------------------------------------

@@ -31,6 +31,10 @@
 #     PAXFS_TEST_HOOKS=1) changes one inode on node 2 outside the log; online
 #     fsck names that inode on node 2 and exits 1; --repair rebuilds node 2
 #     from a fresh snapshot of a healthy node; fsck is then clean
+#  8. close-to-open across a snapshot install: node 3 restarted behind a
+#     compacted log serves the old state while it fetches a snapshot, and
+#     its kernel caches it; right after the install, a file that grew, a
+#     name given to a new file and a deleted name open as they are now
 #
 # Needs root, /dev/fuse, fusermount3 and jq; skips otherwise. Environment
 # (set by tests/meson.build):
@@ -53,7 +57,7 @@ command -v jq >/dev/null || skip_all "no jq (status --json is read with it)"
 "$PAXFS_BIN" mount --help 2>/dev/null | grep -q 'paxfs mount' ||
     skip_all "PAXFS_BIN has no mount command"
 
-SECTIONS=${RECOVERY_SECTIONS:-1 2 3 4 5 6 7}
+SECTIONS=${RECOVERY_SECTIONS:-1 2 3 4 5 6 7 8}
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 HISTORY_MB=${PAXFS_RECOVERY_MB:-256}
@@ -518,6 +522,60 @@ if want 7; then
     check "7: fsck --repair rebuilds node 2 (exit 0)" fsck_rc 0 --config "$CONF" --repair
     check "7: fsck is clean afterwards (exit 0)" fsck_rc 0 --config "$CONF"
     within 30 "7: mnt2 holds mnt1's tree" same_tree 2
+fi
+
+# ---- 8. close-to-open across a snapshot install -------------------------------
+
+# A restarted node serves lookups from its own (old) state while it fetches
+# a snapshot, and the kernel caches those entries and attributes. The
+# install must not leave them behind: a file opened after it shows the new
+# size and bytes, a name moved elsewhere opens the new file, and a deleted
+# name does not open.
+if want 8; then
+    mkdir -p "$M1/c2o"
+    rand_file "$T/c2o_a" 1
+    rand_file "$T/c2o_b" 2
+    cat "$T/c2o_a" "$T/c2o_b" >"$T/c2o_ab"
+    cp "$T/c2o_a" "$M1/c2o/grows"
+    printf 'old\n' >"$M1/c2o/replaced"
+    printf 'gone\n' >"$M1/c2o/deleted"
+    within 30 "8: node 3 applied the files" caught_up 3 "$(leader_commit)"
+    stop_node 3
+    c0=$(leader_commit)
+    cat "$T/c2o_b" >>"$M1/c2o/grows"
+    mv "$M1/c2o/replaced" "$M1/c2o/replaced.old"
+    printf 'new\n' >"$M1/c2o/replaced"
+    rm "$M1/c2o/deleted"
+    check "8: churn while node 3 is down" churn $((24 * FILE_MB))
+    status
+    check "8: the leader compacted its log past node 3" \
+        test "$(sfield "$(leader)" log_first)" -gt "$((c0 + 1))"
+    # The install comes a few seconds after the mount, and what the kernel
+    # caches stays for a minute unless invalidated.
+    EXTRA[3]=",transfer_mb_s=32,cache_timeout=60"
+    mark=$(log_mark 3)
+    start_node 3
+    check "8: node 3 mounts again" wait_mounted 3
+    # Until the install, mnt3 shows (and its kernel caches) the old state.
+    M3=$(mnt 3)
+    seen=$(stat -c %s "$M3/c2o/grows" "$M3/c2o/replaced" "$M3/c2o/deleted" | tr '\n' ' ')
+    check "8: before the install, mnt3 shows the old sizes ($seen)" test "$seen" = "1048576 4 5 "
+    for ((i = 0; i < 1200; i++)); do # <= 120 s
+        log_since 3 "$mark" | grep -q 'event=snapshot_installed' && break
+        sleep 0.1
+    done
+    check "8: node 3 installed a snapshot" \
+        bash -c "tail -n +$((mark + 1)) '$T/log3' | grep -q 'event=snapshot_installed'"
+    check "8: at once, a file that grew reads its new bytes on mnt3" cmp "$T/c2o_ab" "$M3/c2o/grows"
+    check "8: at once, a name given to a new file opens the new file on mnt3" \
+        test "$(cat "$M3/c2o/replaced")" = new
+    check "8: at once, a deleted name does not open on mnt3" bash -c "! cat '$M3/c2o/deleted'"
+    check "8: the size mnt3 shows of the file that grew is its new one" \
+        test "$(stat -c %s "$M3/c2o/grows")" = $((3 << 20))
+    EXTRA[3]=""
+    stop_node 3
+    start_node 3
+    check "8: node 3 restarts without the transfer cap" wait_mounted 3
 fi
 
 # ---- all nodes agree; clean shutdown -----------------------------------------
