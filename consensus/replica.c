@@ -71,6 +71,7 @@ struct replica {
     struct wal *wal;
     struct px_dedup *dedup;
     uint64_t session;
+    bool session_behind_logged; /* a newer session of ours was seen: said once */
     uint64_t applied;
     uint64_t max_entry_slot;    /* highest slot of an ENTRY in the WAL */
 
@@ -598,6 +599,16 @@ static void apply_slot(struct replica *r, const struct px_entry *e)
             px_dedup_record(r->dedup, p.origin, p.session, p.seq, result);
         } else if (seen < 0) {
             continue; /* too old to tell: never applied again */
+        }
+        if (p.origin == r->cfg.id && p.session > r->session && !r->session_behind_logged) {
+            /* An earlier life of this node used a newer session: the clock
+             * went back (open_replica). Our proposals may then be taken for
+             * that life's and not be applied; say why, once. */
+            r->session_behind_logged = true;
+            LOG_E("node=%u event=session_behind session=%llu seen=%llu: an earlier life of "
+                  "this node used a newer session (was the clock set back?); its proposals may "
+                  "be taken for that life's: restart it once the clock is right",
+                  r->cfg.id, (unsigned long long)r->session, (unsigned long long)p.session);
         }
         if (p.origin != r->cfg.id || p.session != r->session)
             continue;

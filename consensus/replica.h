@@ -34,7 +34,10 @@
  * core; the committed entries after the snapshot are re-applied when the
  * thread starts, so a restart costs the log tail, not the history. Each
  * start takes a new session number, persisted before the replica says
- * anything, so the (origin, session, seq) of its proposals never repeats.
+ * anything, so the (origin, session, seq) of its proposals never repeats:
+ * above the one its WAL names and its own newest in the snapshot's
+ * exactly-once table, and not below the wall clock in microseconds (a node
+ * whose data directory was emptied remembers none of its sessions).
  *
  * Snapshots and compaction. Every snapshot_every_slots applied slots (or
  * snapshot_every_bytes of applied values) the replica thread has the state

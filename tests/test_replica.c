@@ -375,6 +375,30 @@ Test(replica, restarted_replica_rebuilds_from_its_wal_and_catches_up)
     await_equal(20);
 }
 
+/* Its WAL gone, a node knows nothing of the sessions it used, but the
+ * others' dedup tables do: its new proposals must not be taken for its
+ * earlier life's (answered with their old results, never applied). */
+Test(replica, a_node_whose_wal_was_wiped_proposes_in_a_new_session)
+{
+    int64_t result;
+    for (int k = 0; k < 10; k++)
+        cr_assert_eq(replica_propose(nodes[3].r, "a", 1, &result), 0);
+    await_equal(10);
+    struct replica_status st;
+    replica_status(nodes[3].r, &st);
+    uint64_t old_session = st.session;
+    node_close(3);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s/wal", nodes[3].dir);
+    cr_assert_eq(system(cmd), 0);
+    node_open(3);
+    replica_status(nodes[3].r, &st);
+    cr_assert_gt(st.session, old_session);
+    for (int k = 0; k < 10; k++)
+        cr_assert_eq(replica_propose(nodes[3].r, "c", 1, &result), 0);
+    await_equal(20);
+}
+
 Test(replica, majority_goes_on_without_a_cut_off_node_and_it_catches_up)
 {
     int64_t result;
