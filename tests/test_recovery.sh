@@ -65,7 +65,9 @@ FILE_MB=4           # each churn file
 LIVE_FILES=8        # the churn keeps the newest 8 files: 32 MiB live
 SNAP_EVERY=64
 LOG_SLACK=16
-XFER_MB=64          # extra live data for the interrupted transfer
+XFER_MB=128         # extra live data for the interrupted transfer: several times
+                    # the receiver's 32 MiB in flight, so a restarted attempt
+                    # still has seconds to go when its sender is killed
 XFER_RATE=8         # MB/s cap of that transfer: ~8 s to interrupt
 
 T=$(mktemp -d /tmp/paxfs-test-recovery.XXXXXX)
