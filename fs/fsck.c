@@ -262,10 +262,11 @@ int fsck_offline(const char *data_dir, fsck_report_fn fn, void *ctx, struct fsck
     struct store *st;
     rc = store_open(&sc, &st);
     if (rc != 0) {
-        snprintf(err, errlen, rc == -EBUSY
-                 ? "the block store %s is in use: stop the mount first (or run fsck --config "
-                   "against the running cluster)"
-                 : "cannot open the block store %s: %s", path, strerror(-rc));
+        if (rc == -EBUSY)
+            snprintf(err, errlen, "the block store %s is in use: stop the mount first (or run "
+                     "fsck --config against the running cluster)", path);
+        else
+            store_open_error(rc, path, err, errlen);
         return rc;
     }
     struct fsm *f;

@@ -2948,15 +2948,6 @@ int fsm_test_diverge(struct fsm *f, uint64_t ino)
 /* ------------------------------------------------------------------ */
 /* digests                                                             */
 
-static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
-static EVP_MD *sha256_md;
-
-/* Fetched once: an implicit fetch per EVP_DigestInit_ex costs a lookup. */
-static void sha256_fetch(void)
-{
-    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-}
-
 /* Hashes inodes under the caller's lock. */
 struct hasher {
     EVP_MD_CTX *ctx;
@@ -2965,8 +2956,7 @@ struct hasher {
 
 static int hasher_init(struct hasher *h)
 {
-    pthread_once(&sha256_once, sha256_fetch);
-    if (!sha256_md)
+    if (!store_hash())
         return -EIO;
     h->ctx = EVP_MD_CTX_new();
     if (!h->ctx)
@@ -2988,7 +2978,7 @@ static int hasher_inode(struct hasher *h, const struct inode *in,
     img_put_inode(&h->rec, in);
     uint8_t md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;
-    if (EVP_DigestInit_ex(h->ctx, sha256_md, NULL) != 1 ||
+    if (EVP_DigestInit_ex(h->ctx, store_hash(), NULL) != 1 ||
         EVP_DigestUpdate(h->ctx, h->rec.data, h->rec.len) != 1 ||
         EVP_DigestFinal_ex(h->ctx, md, &md_len) != 1 || md_len < FSM_INODE_DIGEST_BYTES)
         return -ENOMEM;
@@ -3040,7 +3030,7 @@ int fsm_inode_digests(struct fsm *f, fsm_inode_digest_fn fn, void *ctx)
     return rc;
 }
 
-static void sha_u64(EVP_MD_CTX *ctx, uint64_t v, bool *ok)
+static void hash_u64(EVP_MD_CTX *ctx, uint64_t v, bool *ok)
 {
     uint8_t b[8];
     le_put_u64(b, v);
@@ -3059,19 +3049,19 @@ uint64_t fsm_digest(struct fsm *f)
     ASSERT(rc == 0);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     ASSERT(ctx);
-    bool ok = EVP_DigestInit_ex(ctx, sha256_md, NULL) == 1;
+    bool ok = EVP_DigestInit_ex(ctx, store_hash(), NULL) == 1;
     ok = ok && EVP_DigestUpdate(ctx, "paxfs-fsm", 9) == 1;
-    sha_u64(ctx, f->n_nodes, &ok);
-    sha_u64(ctx, f->next_ino, &ok);
-    sha_u64(ctx, n, &ok);
+    hash_u64(ctx, f->n_nodes, &ok);
+    hash_u64(ctx, f->next_ino, &ok);
+    hash_u64(ctx, n, &ok);
     for (uint64_t i = 0; i < n; i++) {
-        sha_u64(ctx, inos[i], &ok);
+        hash_u64(ctx, inos[i], &ok);
         ok = ok && EVP_DigestUpdate(ctx, digests + i * FSM_INODE_DIGEST_BYTES,
                                     FSM_INODE_DIGEST_BYTES) == 1;
     }
-    sha_u64(ctx, f->n_orphans, &ok);
+    hash_u64(ctx, f->n_orphans, &ok);
     for (size_t i = 0; i < f->n_orphans; i++)
-        sha_u64(ctx, f->orphans[i], &ok);
+        hash_u64(ctx, f->orphans[i], &ok);
     pthread_rwlock_unlock(&f->lock);
     uint8_t md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;

@@ -223,9 +223,9 @@ void fsm_statfs(struct fsm *f, struct fsm_statfs *out);
 size_t fsm_orphans_held(struct fsm *f, uint32_t node, uint64_t *out, size_t cap);
 
 /* A digest of the whole state, equal on replicas that applied the same ops:
- * the first 8 bytes (little-endian) of a SHA-256 over n_nodes, next_ino,
- * every inode's number and per-inode digest (fsm_inode_digests) in inode
- * order, and the orphan list. So two replicas with equal fsm_digest have
+ * the first 8 bytes (little-endian) of a hash (store_hash) over n_nodes,
+ * next_ino, every inode's number and per-inode digest (fsm_inode_digests) in
+ * inode order, and the orphan list. So two replicas with equal fsm_digest have
  * (but for a 64-bit collision) equal per-inode digests, and two that differ
  * differ in next_ino, the orphans or at least one inode's digest. */
 uint64_t fsm_digest(struct fsm *f);
@@ -332,9 +332,9 @@ int fsm_blocks(struct fsm *f, fsm_block_fn fn, void *ctx);
 /* ... and only files that still have a name (as fsm_image_linked_blocks). */
 int fsm_linked_blocks(struct fsm *f, fsm_block_fn fn, void *ctx);
 
-/* Per-inode digests, in inode order: the first 16 bytes of the SHA-256 of
- * the inode's record in the image (attributes, parent, orphan state,
- * xattrs, entries with cookies, block map, target), so equal on replicas
+/* Per-inode digests, in inode order: the first 16 bytes of the hash
+ * (store_hash) of the inode's record in the image (attributes, parent,
+ * orphan state, xattrs, entries with cookies, block map, target), so equal on replicas
  * whose images agree on that inode. Computed under the read lock; fn is
  * called after it is released (it may call into the fsm). fn non-zero
  * stops and is returned. -ENOMEM/-EIO if OpenSSL fails. */

@@ -1918,18 +1918,10 @@ static int check_mountpoint(const char *mp, char *resolved)
     return 0;
 }
 
-/* A data directory of another cluster is refused before anything in it is
- * touched (host_open checks it too, but only after the store is open). */
-static int check_data_dir(const char *data_dir, const struct cluster_config *cc, uint32_t node)
+/* The data directory's owner, from its CLUSTER file (none yet is fine). */
+static int check_data_dir_owner(const char *data_dir, const struct cluster_config *cc,
+                                uint32_t node)
 {
-    struct stat st;
-    if (stat(data_dir, &st) != 0) {
-        if (errno == ENOENT)
-            return 0; /* created at start */
-        return mnt_usage_error("cannot use data directory %s: %s", data_dir, strerror(errno));
-    }
-    if (!S_ISDIR(st.st_mode))
-        return mnt_usage_error("data directory %s is not a directory", data_dir);
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/CLUSTER", data_dir);
     FILE *f = fopen(path, "r");
@@ -1952,6 +1944,33 @@ static int check_data_dir(const char *data_dir, const struct cluster_config *cc,
     if (have_node && have_node != node)
         return mnt_usage_error("data directory %s belongs to node %u, not node %u: use that "
                                "node's data directory, or an empty one", data_dir, have_node, node);
+    return 0;
+}
+
+/* A data directory of another cluster, or whose block store this build
+ * cannot use, is refused before anything in it is touched (host_open and
+ * store_open check too, but only once the daemon runs). */
+static int check_data_dir(const char *data_dir, const struct cluster_config *cc, uint32_t node)
+{
+    struct stat st;
+    if (stat(data_dir, &st) != 0) {
+        if (errno == ENOENT)
+            return 0; /* created at start */
+        return mnt_usage_error("cannot use data directory %s: %s", data_dir, strerror(errno));
+    }
+    if (!S_ISDIR(st.st_mode))
+        return mnt_usage_error("data directory %s is not a directory", data_dir);
+    int rc = check_data_dir_owner(data_dir, cc, node);
+    if (rc != 0)
+        return rc;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/store", data_dir);
+    rc = store_format_check(path, cc->block_size);
+    if (rc != 0) {
+        char msg[PATH_MAX + 200];
+        store_open_error(rc, path, msg, sizeof msg);
+        return mnt_usage_error("%s", msg);
+    }
     return 0;
 }
 
@@ -2135,12 +2154,7 @@ static int open_node(struct mnt *m, const struct cluster_config *cc, char *err, 
     sc.defer_sync = true;
     int rc = store_open(&sc, &m->store);
     if (rc != 0) {
-        snprintf(err, errlen, rc == -EBUSY
-                 ? "the block store %s is in use: another paxfs mount serves this data directory"
-                 : rc == -EINVAL
-                 ? "the block store %s was made with another block size: use an empty data "
-                   "directory for this cluster"
-                 : "cannot open the block store %s: %s", store_root, strerror(-rc));
+        store_open_error(rc, store_root, err, errlen);
         return rc;
     }
     m->block_size = store_block_size(m->store);

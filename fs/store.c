@@ -62,7 +62,8 @@
  *   1M     1      131 / 181           203 / 219               0.220
  *   4M     1      149 / 182           209 / 235               0.220
  *   raw sequential write of a plain file, one fsync at the end: 767
- *   SHA-256 alone: 355 (no SHA-NI): the ceiling of every put and read
+ *   SHA-256 alone: 355 (no SHA-NI), SHA-512/256 ~550 (see store_hash):
+ *   the ceiling of every put and read
  *
  *   - Each new block pays an fdatasync and a directory fsync (~0.5 ms), so
  *     64 KiB blocks are fsync-bound; 1 MiB writes 1.3-1.5x faster than
@@ -91,12 +92,18 @@
 
 /* ---- names ---- */
 
-static EVP_MD *sha256_md;
-static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static EVP_MD *hash_md;
+static pthread_once_t hash_once = PTHREAD_ONCE_INIT;
 
 /* Fetched once and kept for the life of the process: fetching per call is
  * OpenSSL 3's slow path. */
-static void sha256_fetch(void) { sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL); }
+static void hash_fetch(void) { hash_md = EVP_MD_fetch(NULL, "SHA512-256", NULL); }
+
+const struct evp_md_st *store_hash(void)
+{
+    pthread_once(&hash_once, hash_fetch);
+    return hash_md;
+}
 
 bool store_name_is_none(const struct store_name *n)
 {
@@ -144,12 +151,12 @@ int store_name_parse(const char *hex, size_t len, struct store_name *out)
 
 int store_name_of(const void *p, size_t n, struct store_name *out)
 {
-    pthread_once(&sha256_once, sha256_fetch);
-    if (!sha256_md)
+    const EVP_MD *md = store_hash();
+    if (!md)
         return -EIO;
     struct store_name name;
     unsigned int md_len = 0;
-    if (EVP_Digest(p, n, name.b, &md_len, sha256_md, NULL) != 1 || md_len != STORE_NAME_LEN)
+    if (EVP_Digest(p, n, name.b, &md_len, md, NULL) != 1 || md_len != STORE_NAME_LEN)
         return -ENOMEM;
     *out = name;
     return 0;
@@ -248,7 +255,7 @@ static int payload_decode(ZSTD_DCtx *dctx, const uint8_t *file, const struct sto
     return 0;
 }
 
-/* 0 if the SHA-256 of p[0..n) is name, -EBADMSG if not, or the hash's own
+/* 0 if the hash of p[0..n) is name, -EBADMSG if not, or the hash's own
  * error (which is not corruption). */
 static int name_check(const void *p, size_t n, const struct store_name *name)
 {
@@ -301,7 +308,7 @@ struct ref_stripe {
     bool dropped_overflow;
 };
 
-/* Names are SHA-256 outputs, uniformly spread: any 8 bytes are a hash. The
+/* Names are hash outputs, uniformly spread: any 8 bytes are a hash. The
  * stripe is picked from byte 1, the slot from bytes 8..15. */
 static struct ref_stripe *stripe_of(struct store *s, const struct store_name *n);
 
@@ -1551,15 +1558,13 @@ static int format_create(struct store *s, uint32_t block_size)
 }
 
 /* Reads ROOT/FORMAT, or creates it for a new store; sets s->block_size. */
-static int format_load(struct store *s, uint32_t want)
+/* Reads and checks root_fd's FORMAT: its block size into *recorded, or
+ * -ENOENT if there is none yet. want (0: any) must match it (-EINVAL). */
+static int format_read(int root_fd, uint32_t want, uint32_t *recorded)
 {
-    int fd = openat(s->root_fd, FORMAT_FILE, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 && errno != ENOENT)
+    int fd = openat(root_fd, FORMAT_FILE, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         return -errno;
-    if (fd < 0) {
-        s->block_size = want ? want : STORE_BLOCK_SIZE_DEFAULT;
-        return format_create(s, s->block_size);
-    }
     char text[128];
     ssize_t n = read(fd, text, sizeof text - 1);
     int rc = n < 0 ? -errno : 0;
@@ -1569,14 +1574,57 @@ static int format_load(struct store *s, uint32_t want)
     text[n] = '\0';
     if (strlen(text) != (size_t)n)
         return -EBADMSG;
+    rc = format_parse(text, recorded);
+    if (rc == 0 && want && want != *recorded)
+        rc = -EINVAL;
+    return rc;
+}
+
+static int format_load(struct store *s, uint32_t want)
+{
     uint32_t recorded;
-    rc = format_parse(text, &recorded);
-    if (rc)
-        return rc;
-    if (want && want != recorded)
-        return -EINVAL;
-    s->block_size = recorded;
-    return 0;
+    int rc = format_read(s->root_fd, want, &recorded);
+    if (rc == -ENOENT) {
+        s->block_size = want ? want : STORE_BLOCK_SIZE_DEFAULT;
+        return format_create(s, s->block_size);
+    }
+    if (rc == 0)
+        s->block_size = recorded;
+    return rc;
+}
+
+void store_open_error(int rc, const char *root, char *out, size_t len)
+{
+    switch (rc) {
+    case -EBUSY:
+        snprintf(out, len, "the block store %s is in use: a paxfs mount serves this data "
+                 "directory", root);
+        break;
+    case -EINVAL:
+        snprintf(out, len, "the block store %s was made with another block size: use an "
+                 "empty data directory for this cluster", root);
+        break;
+    case -EPROTO:
+        snprintf(out, len, "the block store %s is of another format version (another paxfs "
+                 "release made it): use an empty data directory", root);
+        break;
+    case -EBADMSG:
+        snprintf(out, len, "the block store %s has an unreadable %s file", root, FORMAT_FILE);
+        break;
+    default:
+        snprintf(out, len, "cannot open the block store %s: %s", root, strerror(-rc));
+    }
+}
+
+int store_format_check(const char *root, uint32_t block_size)
+{
+    int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -errno;
+    uint32_t recorded;
+    int rc = format_read(fd, block_size, &recorded);
+    close(fd);
+    return rc == -ENOENT ? 0 : rc;
 }
 
 /* Removes what a crash left in tmp/: puts that never reached their rename. */

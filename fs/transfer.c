@@ -748,7 +748,7 @@ static int fetch_blocks(struct xfer *x, uint32_t first_peer, const struct snapfi
     bool *got = calloc(need.n ? need.n : 1, sizeof *got);
     ASSERT(got != NULL);
     /* From the peer that sent us here, in XFER_STREAMS threads (verifying
-     * blocks is the receiver's main cost: a SHA-256 of every byte). */
+     * blocks is the receiver's main cost: a hash of every byte). */
     struct stream st[XFER_STREAMS];
     pthread_t th[XFER_STREAMS];
     bool started[XFER_STREAMS] = {false};

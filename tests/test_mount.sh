@@ -279,6 +279,15 @@ bad_input "bad input: unknown -o option is exit 2" --config "$CONF" --node 1 --d
 bad_input "bad input: bad consistency mode is exit 2" --config "$CONF" --node 1 --data "$T/newdata" -o consistency=sometimes "$T/spare"
 bad_input "bad input: a cache_timeout of 0 is exit 2" --config "$CONF" --node 1 --data "$T/newdata" -o cache_timeout=0 "$T/spare"
 bad_input "bad input: missing --node is exit 2" --config "$CONF" --data "$T/newdata" "$T/spare"
+# A block store of another format version (1 named blocks by SHA-256) or
+# block size is refused before anything in it is touched.
+mkdir -p "$T/oldstore/store"
+printf 'paxfs-store\nformat=1\nblock_size=%s\n' "$(sed -n 's/^block_size *= *//p' "$CONF")" >"$T/oldstore/store/FORMAT"
+bad_input "bad input: a block store of another format version is exit 2" --config "$CONF" --node 1 --data "$T/oldstore" "$T/spare"
+printf 'paxfs-store\nformat=2\nblock_size=4096\n' >"$T/oldstore/store/FORMAT"
+bad_input "bad input: a block store of another block size is exit 2" --config "$CONF" --node 1 --data "$T/oldstore" "$T/spare"
+check "bad input: the refused block store is untouched (no LOCK, nothing else)" \
+    test "$(find "$T/oldstore" | wc -l)" = 3
 
 # ---- write-behind ----------------------------------------------------------
 

@@ -160,9 +160,9 @@ flip_byte() { # FILE OFFSET: inverts one byte in place
 }
 
 # block_path K FILE INDEX: where node K stores block INDEX of FILE (a block
-# is named by the SHA-256 of its plain bytes).
+# is named by the SHA-512/256 of its plain bytes).
 block_name() {
-    dd if="$1" bs="$BLOCK" skip="$2" count=1 status=none | sha256sum | cut -d' ' -f1
+    dd if="$1" bs="$BLOCK" skip="$2" count=1 status=none | openssl dgst -sha512-256 -r | cut -d' ' -f1
 }
 block_path() {
     local h

@@ -150,13 +150,13 @@ static void assert_reads_back(struct store *s, const struct store_name *n, const
 
 /* ---- names and helpers ---- */
 
-Test(store, name_is_the_sha256_of_the_plain_bytes)
+Test(store, name_is_the_sha512_256_of_the_plain_bytes)
 {
     struct store_name n, parsed;
     cr_assert_eq(store_name_of("abc", 3, &n), 0);
     char hex[STORE_NAME_HEX_LEN + 1];
     store_name_hex(&n, hex);
-    cr_assert_str_eq(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    cr_assert_str_eq(hex, "53048e2681941ef99b2e29b76b4c7dabe4c2d0c634fc6d46e0e2f13107e7af23");
     cr_assert_eq(store_name_parse(hex, strlen(hex), &parsed), 0);
     cr_assert(store_name_eq(&n, &parsed));
     cr_assert_eq(store_name_parse(hex, 63, &parsed), -EINVAL);
@@ -683,10 +683,13 @@ Test(store, format_records_block_size_and_refuses_mismatches)
     struct store *t = NULL;
     cr_assert_eq(store_open(&cfg, &t), -EINVAL);
     cfg.block_size = 0;
-    write_format("paxfs-store\nformat=2\nblock_size=131072\n");
+    /* format 1 named blocks by SHA-256 */
+    write_format("paxfs-store\nformat=1\nblock_size=131072\n");
     cr_assert_eq(store_open(&cfg, &t), -EPROTO);
-    const char *bad[] = {"", "paxfs-store\n", "paxfs-store\nformat=1\nblock_size=1000\n",
-                         "paxfs-store\nformat=1\nblock_size=131072\nmore\n",
+    write_format("paxfs-store\nformat=3\nblock_size=131072\n");
+    cr_assert_eq(store_open(&cfg, &t), -EPROTO);
+    const char *bad[] = {"", "paxfs-store\n", "paxfs-store\nformat=2\nblock_size=1000\n",
+                         "paxfs-store\nformat=2\nblock_size=131072\nmore\n",
                          "paxfs-store\nformat=x\nblock_size=131072\n"};
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
         write_format(bad[i]);
