@@ -692,7 +692,7 @@ static int block_build(struct fsm *f, const struct inode *in, uint64_t index, ui
         const struct bent *e = bmap_find(in, index);
         if (e) {
             size_t got = 0;
-            int rc = store_get(f->store, &e->name, b, f->bs, &got);
+            int rc = store_get_to_rewrite(f->store, &e->name, b, f->bs, &got);
             if (rc != 0 || got != e->len) {
                 char hex[STORE_NAME_HEX_LEN + 1];
                 store_name_hex(&e->name, hex);

@@ -416,11 +416,18 @@ static void ref_settle(struct ref_stripe *st, struct ref_entry *e)
 
 /* ---- LRU cache of verified plain blocks ---- */
 
+/* Two kinds of entry: bytes read from the block file and verified, and
+ * bytes a put just hashed and wrote (unread: the file was never read
+ * back). Both are right for their name. An unread entry serves only
+ * store_get_to_rewrite; store_get reads and verifies the file once
+ * first, so rot of a block never read is still found on its first read
+ * (and repaired), not hidden until the entry is evicted. */
 struct cache_node {
     struct cache_node *hnext; /* bucket chain */
     struct cache_node *prev, *next; /* LRU list, newest first */
     struct store_name name;
     size_t len;
+    bool unread;
     uint8_t data[];
 };
 
@@ -523,16 +530,17 @@ static void cache_grow_locked(struct cache *c)
     c->nbuckets = nb;
 }
 
-/* 0 and the block copied out, -ENOENT if not cached, -ENOBUFS if too long. */
-static int cache_get(struct cache *c, const struct store_name *n, void *out, size_t cap,
-                     size_t *len)
+/* 0 and the block copied out, -ENOENT if not cached (or only unread and
+ * not accepted), -ENOBUFS if too long. */
+static int cache_get(struct cache *c, const struct store_name *n, bool accept_unread, void *out,
+                     size_t cap, size_t *len)
 {
     if (c->cap_bytes == 0)
         return -ENOENT;
     int rc = -ENOENT;
     pthread_mutex_lock(&c->mu);
     struct cache_node *x = *cache_slot(c, n);
-    if (x) {
+    if (x && (accept_unread || !x->unread)) {
         lru_unlink(c, x);
         lru_push_front(c, x);
         rc = -ENOBUFS;
@@ -546,8 +554,10 @@ static int cache_get(struct cache *c, const struct store_name *n, void *out, siz
     return rc;
 }
 
-/* Caches a copy of a verified block (callers only pass verified bytes). */
-static void cache_put(struct cache *c, const struct store_name *n, const void *p, size_t len)
+/* Caches a copy of a block: bytes verified against the file, or (unread)
+ * bytes a put hashed and wrote. */
+static void cache_put(struct cache *c, const struct store_name *n, const void *p, size_t len,
+                      bool unread)
 {
     if (cache_cost(len) > c->cap_bytes)
         return;
@@ -556,10 +566,12 @@ static void cache_put(struct cache *c, const struct store_name *n, const void *p
         return; /* a cache may forget */
     x->name = *n;
     x->len = len;
+    x->unread = unread;
     memcpy(x->data, p, len);
     pthread_mutex_lock(&c->mu);
     struct cache_node **pp = cache_slot(c, n);
-    if (*pp) { /* another reader cached it meanwhile: same bytes */
+    if (*pp) { /* cached meanwhile: same bytes */
+        (*pp)->unread = (*pp)->unread && unread;
         pthread_mutex_unlock(&c->mu);
         free(x);
         return;
@@ -958,8 +970,14 @@ int store_put(struct store *s, const void *data, size_t len, struct store_name *
     rc = put_begin(s, &n, path);
     if (rc < 0)
         return rc;
+    /* The block's plain bytes go into the cache: a write smaller than a
+     * block is applied as a read-modify-write of it, and the next such
+     * write to the same block (small sequential or random writes) then
+     * reads it from the cache instead of decoding and hashing the file
+     * again. */
     if (rc == 1) {
         put_done(s, false, 0, 0);
+        cache_put(&s->cache, &n, data, len, true);
         *out_name = n;
         return 0;
     }
@@ -978,6 +996,7 @@ int store_put(struct store *s, const void *data, size_t len, struct store_name *
         LOG_W("store_put_failed node=%u block=%s err=%d", s->node_id, path + 3, rc);
         return rc;
     }
+    cache_put(&s->cache, &n, data, len, true);
     *out_name = n;
     return 0;
 }
@@ -1142,10 +1161,10 @@ static int load_verified(struct store *s, struct coder *c, const struct store_na
     return rc;
 }
 
-static int get_once(struct store *s, const struct store_name *name, void *out, size_t cap,
-                    size_t *len)
+static int get_once(struct store *s, const struct store_name *name, bool accept_unread,
+                    void *out, size_t cap, size_t *len)
 {
-    int rc = cache_get(&s->cache, name, out, cap, len);
+    int rc = cache_get(&s->cache, name, accept_unread, out, cap, len);
     if (rc == 0 || rc == -ENOBUFS) {
         count(&s->st.cache_hits, 1);
         if (rc == 0)
@@ -1164,7 +1183,7 @@ static int get_once(struct store *s, const struct store_name *name, void *out, s
         rc = -ENOBUFS;
     if (rc == 0) {
         memcpy(out, plain, plain_len);
-        cache_put(&s->cache, name, plain, plain_len);
+        cache_put(&s->cache, name, plain, plain_len, false);
         count(&s->st.gets, 1);
         *len = plain_len;
     }
@@ -1217,9 +1236,10 @@ static int repair_once(struct store *s, const struct store_name *name, store_rep
     return rc;
 }
 
-int store_get(struct store *s, const struct store_name *name, void *out, size_t cap, size_t *len)
+static int get_repairing(struct store *s, const struct store_name *name, bool accept_unread,
+                         void *out, size_t cap, size_t *len)
 {
-    int rc = get_once(s, name, out, cap, len);
+    int rc = get_once(s, name, accept_unread, out, cap, len);
     store_repair_fn repair = atomic_load(&s->repair);
     if ((rc == -ENOENT || rc == -EBADMSG) && repair) {
         /* Missing, or corrupt and now quarantined: fetch it from a peer
@@ -1228,12 +1248,23 @@ int store_get(struct store *s, const struct store_name *name, void *out, size_t 
         if (fetched == 0)
             count(&s->st.repaired, 1);
         if (fetched == 0 || fetched == 1)
-            rc = get_once(s, name, out, cap, len);
+            rc = get_once(s, name, accept_unread, out, cap, len);
         char hex[STORE_NAME_HEX_LEN + 1];
         store_name_hex(name, hex);
         LOG_W("store_repair node=%u block=%s fetched=%d rc=%d", s->node_id, hex, fetched, rc);
     }
     return rc;
+}
+
+int store_get(struct store *s, const struct store_name *name, void *out, size_t cap, size_t *len)
+{
+    return get_repairing(s, name, false, out, cap, len);
+}
+
+int store_get_to_rewrite(struct store *s, const struct store_name *name, void *out, size_t cap,
+                         size_t *len)
+{
+    return get_repairing(s, name, true, out, cap, len);
 }
 
 int store_get_encoded(struct store *s, const struct store_name *name, void *out, size_t cap,

@@ -217,7 +217,7 @@ uint32_t store_block_size(const struct store *s);
  * return 0 the block is durable under its name (with defer_sync: once
  * store_sync returns). On error no reference is added and no partial
  * file is visible under the name. -EINVAL for a bad len, -EIO/-ENOSPC/...
- * from the disk. */
+ * from the disk. The bytes stay in the cache for store_get_to_rewrite. */
 int store_put(struct store *s, const void *data, size_t len, struct store_name *out_name);
 
 /* Stores a block file file[0..len) received from a peer (as store_get_encoded
@@ -261,9 +261,17 @@ void store_set_repair(struct store *s, store_repair_fn fn, void *ctx);
  * moved to ROOT/corrupt/; a second get returns -ENOENT). Both mean "fetch it
  * from a peer", which store_get does itself when a repair source is set.
  * -ENOBUFS if the block is longer than cap. Served from the LRU cache when
- * there; only verified blocks enter the cache. */
+ * it holds the block as read from its file and verified. */
 int store_get(struct store *s, const struct store_name *name, void *out, size_t cap,
               size_t *len);
+/* Like store_get, for a caller that builds a new block from this one (a
+ * write smaller than a block): may also serve the bytes a recent store_put
+ * of this block hashed and wrote, without reading its file, which saves a
+ * decode and a hash per small write. Those bytes are right for the name
+ * whatever became of the file since; store_get still reads and verifies
+ * the file the first time. */
+int store_get_to_rewrite(struct store *s, const struct store_name *name, void *out, size_t cap,
+                         size_t *len);
 
 /* Reads the block file of name as stored (header + payload) for shipping to
  * a peer, after verifying it exactly as store_get does (same errors, same

@@ -488,6 +488,36 @@ Test(store, cache_does_not_mask_corruption_of_a_block_never_read)
     store_close(s);
 }
 
+Test(store, a_put_block_serves_rewrites_from_the_cache_but_reads_verify_its_file)
+{
+    struct store *s = open_store(BS, 8 << 20);
+    uint8_t a[4000], b[4000], out[4000];
+    fill_text(a, sizeof a, 14);
+    fill_text(b, sizeof b, 15);
+    struct store_name na, nb;
+    cr_assert_eq(store_put(s, a, sizeof a, &na), 0);
+    cr_assert_eq(store_put(s, b, sizeof b, &nb), 0);
+    /* The file of a rots: a rewrite still gets a's bytes, from the cache. */
+    flip_byte(&na, STORE_HDR_LEN + 3);
+    size_t len = 0;
+    cr_assert_eq(store_get_to_rewrite(s, &na, out, sizeof out, &len), 0);
+    cr_assert_eq(len, sizeof a);
+    cr_assert_eq(memcmp(out, a, sizeof a), 0);
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.cache_hits, 1);
+    cr_assert_eq(st.cache_misses, 0);
+    /* A read reads the file the first time, and finds the rot. */
+    cr_assert_eq(store_get(s, &na, out, sizeof out, &len), -EBADMSG);
+    /* b's file is sound: its first read verifies it, the next is a hit. */
+    assert_reads_back(s, &nb, b, sizeof b);
+    assert_reads_back(s, &nb, b, sizeof b);
+    store_get_stats(s, &st);
+    cr_assert_eq(st.cache_misses, 2);
+    cr_assert_eq(st.cache_hits, 2);
+    store_close(s);
+}
+
 Test(store, cache_evicts_least_recently_used_within_its_byte_budget)
 {
     /* Room for two 30000-byte blocks, not three. */
