@@ -1588,7 +1588,6 @@ static int format_create(struct store *s, uint32_t block_size)
     return rc;
 }
 
-/* Reads ROOT/FORMAT, or creates it for a new store; sets s->block_size. */
 /* Reads and checks root_fd's FORMAT: its block size into *recorded, or
  * -ENOENT if there is none yet. want (0: any) must match it (-EINVAL). */
 static int format_read(int root_fd, uint32_t want, uint32_t *recorded)
@@ -1611,6 +1610,7 @@ static int format_read(int root_fd, uint32_t want, uint32_t *recorded)
     return rc;
 }
 
+/* Reads ROOT/FORMAT, or creates it for a new store; sets s->block_size. */
 static int format_load(struct store *s, uint32_t want)
 {
     uint32_t recorded;
