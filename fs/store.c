@@ -970,32 +970,30 @@ int store_put(struct store *s, const void *data, size_t len, struct store_name *
     rc = put_begin(s, &n, path);
     if (rc < 0)
         return rc;
+    if (rc == 1) {
+        put_done(s, false, 0, 0);
+    } else {
+        struct coder *c = NULL;
+        rc = coder_get(s, &c);
+        if (rc == 0) {
+            struct iovec iov[2];
+            int iovcnt = encode(s, c, data, len, iov);
+            rc = iovcnt < 0 ? iovcnt : write_block_file(s, path, iov, iovcnt);
+            if (rc == 0)
+                put_done(s, true, len, iov[0].iov_len + (iovcnt == 2 ? iov[1].iov_len : 0));
+            coder_put(s, c);
+        }
+        put_end(s, &n, rc == 0);
+        if (rc) {
+            LOG_W("store_put_failed node=%u block=%s err=%d", s->node_id, path + 3, rc);
+            return rc;
+        }
+    }
     /* The block's plain bytes go into the cache: a write smaller than a
      * block is applied as a read-modify-write of it, and the next such
      * write to the same block (small sequential or random writes) then
      * reads it from the cache instead of decoding and hashing the file
      * again. */
-    if (rc == 1) {
-        put_done(s, false, 0, 0);
-        cache_put(&s->cache, &n, data, len, true);
-        *out_name = n;
-        return 0;
-    }
-    struct coder *c = NULL;
-    rc = coder_get(s, &c);
-    if (rc == 0) {
-        struct iovec iov[2];
-        int iovcnt = encode(s, c, data, len, iov);
-        rc = iovcnt < 0 ? iovcnt : write_block_file(s, path, iov, iovcnt);
-        if (rc == 0)
-            put_done(s, true, len, iov[0].iov_len + (iovcnt == 2 ? iov[1].iov_len : 0));
-        coder_put(s, c);
-    }
-    put_end(s, &n, rc == 0);
-    if (rc) {
-        LOG_W("store_put_failed node=%u block=%s err=%d", s->node_id, path + 3, rc);
-        return rc;
-    }
     cache_put(&s->cache, &n, data, len, true);
     *out_name = n;
     return 0;

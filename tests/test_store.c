@@ -460,15 +460,21 @@ Test(store, missing_block_is_enoent)
     store_close(s);
 }
 
+/* Fills p[0..n) with text-like bytes from seed and puts it as a block. */
+static void put_text(struct store *s, uint8_t *p, size_t n, uint64_t seed,
+                     struct store_name *name)
+{
+    fill_text(p, n, seed);
+    cr_assert_eq(store_put(s, p, n, name), 0);
+}
+
 Test(store, cache_does_not_mask_corruption_of_a_block_never_read)
 {
     struct store *s = open_store(BS, 8 << 20);
     uint8_t a[4000], b[4000], out[4000];
-    fill_text(a, sizeof a, 12);
-    fill_text(b, sizeof b, 13);
     struct store_name na, nb;
-    cr_assert_eq(store_put(s, a, sizeof a, &na), 0);
-    cr_assert_eq(store_put(s, b, sizeof b, &nb), 0);
+    put_text(s, a, sizeof a, 12, &na);
+    put_text(s, b, sizeof b, 13, &nb);
     assert_reads_back(s, &na, a, sizeof a);
     assert_reads_back(s, &na, a, sizeof a);
     flip_byte(&nb, STORE_HDR_LEN + 3);
@@ -492,11 +498,9 @@ Test(store, a_put_block_serves_rewrites_from_the_cache_but_reads_verify_its_file
 {
     struct store *s = open_store(BS, 8 << 20);
     uint8_t a[4000], b[4000], out[4000];
-    fill_text(a, sizeof a, 14);
-    fill_text(b, sizeof b, 15);
     struct store_name na, nb;
-    cr_assert_eq(store_put(s, a, sizeof a, &na), 0);
-    cr_assert_eq(store_put(s, b, sizeof b, &nb), 0);
+    put_text(s, a, sizeof a, 14, &na);
+    put_text(s, b, sizeof b, 15, &nb);
     /* The file of a rots: a rewrite still gets a's bytes, from the cache. */
     flip_byte(&na, STORE_HDR_LEN + 3);
     size_t len = 0;
