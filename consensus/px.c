@@ -257,6 +257,10 @@ struct px_node {
     uint64_t fetch_tick;    /* last FETCH sent */
     uint64_t snapshot_tick; /* last snapshot request handed out */
     bool snapshot_pending;  /* asked the caller for a snapshot, not installed yet */
+    /* bitmask: peers that said they compacted away the slot after
+     * fetch_tried_commit, or that were asked for it after such an answer */
+    uint32_t fetch_tried;
+    uint64_t fetch_tried_commit;
     bool snapshot_announce; /* the request is yet to go out in a ready */
     uint32_t snapshot_from;
     uint64_t snapshot_want;
@@ -917,10 +921,32 @@ static void on_chosen(struct px_node *n, const struct px_msg *m)
         send_fetch(n, m->from); /* more to come: keep going */
 }
 
+/* A peer compacted away what this node lacks. The others may still hold
+ * it (each node compacts at its own slots), and a fetch costs far less than
+ * a whole snapshot: each other peer, the leader first, is asked once before
+ * the snapshot is (once per commit: progress starts the round again). A
+ * peer that does not answer is not waited for: the next "no" from anyone
+ * then finds no peer left to ask. */
 static void on_snapshot_needed(struct px_node *n, const struct px_msg *m)
 {
     if (m->slot <= n->commit || n->snapshot_pending)
         return;
+    if (n->fetch_tried_commit != n->commit) {
+        n->fetch_tried = 0;
+        n->fetch_tried_commit = n->commit;
+    }
+    n->fetch_tried |= node_bit(m->from);
+    uint32_t next = 0;
+    if (is_peer(n, n->leader) && !(n->fetch_tried & node_bit(n->leader)))
+        next = n->leader;
+    for (uint32_t p = 1; p <= n->cfg.n_nodes && !next; p++)
+        if (is_peer(n, p) && !(n->fetch_tried & node_bit(p)))
+            next = p;
+    if (next) {
+        n->fetch_tried |= node_bit(next);
+        send_fetch(n, next);
+        return;
+    }
     n->snapshot_pending = true;
     n->snapshot_announce = true;
     n->snapshot_from = m->from;

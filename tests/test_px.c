@@ -486,6 +486,31 @@ Test(px, follower_behind_compaction_is_told_to_install_a_snapshot)
     cluster_fini();
 }
 
+/* Each node compacts at its own slots: a peer that still holds the log is
+ * asked before anyone copies a whole snapshot. */
+Test(px, follower_behind_the_leaders_compaction_fetches_from_a_peer_that_kept_the_log)
+{
+    cluster_init(3);
+    int l = elect();
+    int lag = l % 3 + 1, other = lag % 3 + 1;
+    cr_assert_neq(other, l);
+    for (int i = 1; i <= 3; i++)
+        C.cut[i][lag] = true;
+    for (int k = 0; k < 10; k++) {
+        propose_str(l, "v");
+        stabilize();
+    }
+    tick_all(1);
+    px_compact(C.nodes[l].px, commit_of(l));
+    for (int i = 1; i <= 3; i++)
+        C.cut[i][lag] = false;
+    tick_all(10);
+    cr_assert_not(C.nodes[lag].snapshot_asked, "asked for a snapshot that a peer's log had");
+    cr_assert_geq(commit_of(l), 10);
+    cr_assert_eq(C.nodes[lag].applied_to, commit_of(l));
+    cluster_fini();
+}
+
 Test(px, restarted_node_replays_its_committed_log)
 {
     cluster_init(3);
