@@ -816,6 +816,22 @@ static int compact(struct replica *r, uint64_t slot)
     return rc;
 }
 
+/* The slot at which this node's next scheduled snapshot is due: the first
+ * after its newest one on a grid of snapshot_every_slots, shifted by
+ * (id - 1) / n_nodes of an interval. Why shifted: all replicas apply the
+ * same slots, so unshifted they would all snapshot at once, and a snapshot
+ * costs its node CPU and disk for a while; shifted, while one node takes
+ * one, the others of a majority are at full speed. */
+static uint64_t next_snapshot_slot(const struct replica *r)
+{
+    uint64_t every = r->cfg.snapshot_every_slots ? r->cfg.snapshot_every_slots : 10000;
+    uint32_t n = r->cfg.n_nodes ? r->cfg.n_nodes : 1;
+    uint64_t shift = every / n * ((r->cfg.id - 1) % n);
+    /* The smallest s > snap_slot with s = shift (mod every). */
+    uint64_t s = r->snap_slot - r->snap_slot % every + shift;
+    return s > r->snap_slot ? s : s + every;
+}
+
 /* Hands a snapshot to the snapshot thread when one is due (or asked). The
  * image is begun and the table encoded here, between applies, so both
  * match r->applied exactly; the snapshot thread encodes the image. */
@@ -831,9 +847,8 @@ static void maybe_snapshot(struct replica *r)
         asked = false;
     }
     pthread_mutex_unlock(&r->lock);
-    uint64_t every_slots = r->cfg.snapshot_every_slots ? r->cfg.snapshot_every_slots : 10000;
     uint64_t every_bytes = r->cfg.snapshot_every_bytes ? r->cfg.snapshot_every_bytes : 256ull << 20;
-    bool due = asked || r->snap_force || r->applied - r->snap_slot >= every_slots ||
+    bool due = asked || r->snap_force || r->applied >= next_snapshot_slot(r) ||
                r->snap_applied_bytes >= every_bytes;
     if (busy || !due || r->applied <= r->snap_slot)
         return;

@@ -48,6 +48,8 @@ struct chain_sm {
     uint64_t restores;       /* restore calls that succeeded since open */
     uint64_t restored_count; /* count of the last image restored */
     uint64_t syncs;
+    uint64_t begun_slots[64]; /* the slot of each snapshot begun since open, */
+    size_t n_begun;           /* the first 64 */
     atomic_uint needed;      /* snapshot_needed calls */
     atomic_uint needed_from;
     atomic_uint_fast64_t needed_slot;
@@ -114,6 +116,8 @@ static int sm_snapshot_begin(void *ctx)
     buf_init(&b);
     pthread_mutex_lock(&sm->lock);
     image_of(sm, &b);
+    if (sm->n_begun < 64)
+        sm->begun_slots[sm->n_begun++] = sm->last_slot;
     pthread_mutex_unlock(&sm->lock);
     cr_assert_eq(b.len, IMAGE_BYTES);
     memcpy(sm->begun, b.data, IMAGE_BYTES);
@@ -624,6 +628,36 @@ Test(replica_snap, snapshots_are_taken_on_schedule_and_the_log_is_compacted)
         uint64_t syncs = nodes[i].sm.syncs;
         pthread_mutex_unlock(&nodes[i].sm.lock);
         cr_assert_geq(syncs, st.snapshots);
+    }
+}
+
+/* The replicas apply the same slots; on one schedule they would all take
+ * their snapshots at once and slow the whole majority together. Node k's
+ * grid is shifted by (k - 1) / 3 of the interval: with snapshots every 20
+ * slots, node 1 takes them at 20, 40, ..., node 2 at 6, 26, ..., node 3 at
+ * 12, 32, ...; each a little later at most (an apply may cover a few
+ * slots), but before the next node's turn. */
+Test(replica_snap, the_nodes_take_their_snapshots_at_shifted_slots)
+{
+    propose_n(1, 100, "t");
+    await_same(100);
+    for (int i = 1; i <= N; i++) {
+        await_snapshot(i, status_of(i).applied - 19);
+        uint64_t shift = (uint64_t)(20 / N * (i - 1));
+        pthread_mutex_lock(&nodes[i].sm.lock);
+        size_t n = nodes[i].sm.n_begun;
+        uint64_t slots[64];
+        memcpy(slots, nodes[i].sm.begun_slots, sizeof slots);
+        pthread_mutex_unlock(&nodes[i].sm.lock);
+        cr_assert_geq(n, 4, "node %d took %zu snapshots of 100 slots", i, n);
+        uint64_t first = shift ? shift : 20;
+        cr_assert(slots[0] >= first && slots[0] < first + 20 / N,
+                  "node %d: first snapshot at %llu, its first turn is %llu", i,
+                  (unsigned long long)slots[0], (unsigned long long)first);
+        for (size_t k = 0; k < n; k++)
+            cr_assert_lt((slots[k] + 20 - shift) % 20, 20 / N,
+                         "node %d: snapshot %zu at slot %llu, its grid is %llu mod 20", i, k,
+                         (unsigned long long)slots[k], (unsigned long long)shift);
     }
 }
 
