@@ -86,15 +86,33 @@ static int write_all(int fd, const uint8_t *p, size_t len)
     return 0;
 }
 
+/* dir/spare: a pruned snapshot file kept for its disk space. Why: deleting
+ * a file frees its extents, and on a filesystem mounted with `discard`
+ * that is a synchronous discard of the whole file, which the disk's other
+ * writes queue behind: unlinking a 5 MiB snapshot took 9-13 ms here, and
+ * every WAL fdatasync on the disk waited for it. Overwriting the spare in
+ * place frees nothing (but its tail, when the new file is shorter). */
+static void spare_path(const char *dir, char out[SNAPFILE_PATH_MAX])
+{
+    snprintf(out, SNAPFILE_PATH_MAX, "%s/spare", dir);
+}
+
 int snapfile_write(const char *dir, uint64_t slot, const uint8_t *p, size_t len)
 {
-    char path[SNAPFILE_PATH_MAX], tmp[SNAPFILE_PATH_MAX + 8];
+    char path[SNAPFILE_PATH_MAX], tmp[SNAPFILE_PATH_MAX + 8], spare[SNAPFILE_PATH_MAX];
     snapfile_path(dir, slot, path);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    spare_path(dir, spare);
+    int fd = -1;
+    if (rename(spare, tmp) == 0)
+        fd = open(tmp, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
     int rc = write_all(fd, p, len);
+    if (rc == 0 && ftruncate(fd, (off_t)len) != 0)
+        rc = -errno;
     if (rc == 0)
         rc = FAULT("snapfile.fsync");
     if (rc == 0 && fsync(fd) != 0)
@@ -266,14 +284,21 @@ void snapfile_prune(const char *dir, uint64_t keep_from, bool temporaries)
     DIR *d = opendir(dir);
     if (!d)
         return;
+    char spare[SNAPFILE_PATH_MAX];
+    spare_path(dir, spare);
+    bool have_spare = access(spare, F_OK) == 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         uint64_t slot;
-        if (((parse_snap_name(de->d_name, &slot) || parse_incoming_name(de->d_name, &slot)) &&
-             slot < keep_from) || (temporaries && is_snap_tmp(de->d_name))) {
+        bool snap = parse_snap_name(de->d_name, &slot);
+        if (((snap || parse_incoming_name(de->d_name, &slot)) && slot < keep_from) ||
+            (temporaries && is_snap_tmp(de->d_name))) {
             char path[SNAPFILE_PATH_MAX];
             snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-            unlink(path);
+            if (snap && !have_spare && rename(path, spare) == 0)
+                have_spare = true; /* the next snapfile_write reuses it */
+            else
+                unlink(path);
         }
     }
     closedir(d);

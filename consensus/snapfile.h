@@ -55,7 +55,8 @@ int snapfile_decode(const uint8_t *p, size_t len, struct snapfile *out);
 int snapfile_header(const uint8_t *p, size_t len, uint64_t *slot, uint64_t *total);
 
 /* Writes bytes as dir/snap-<slot> durably (temporary file, fsync, rename,
- * directory fsync). */
+ * directory fsync). The temporary file is dir/spare, when there is one,
+ * overwritten in place. */
 int snapfile_write(const char *dir, uint64_t slot, const uint8_t *p, size_t len);
 /* Reads a whole file into a malloc'ed buffer (caller frees). -EFBIG past
  * SNAPFILE_BYTES_MAX. */
@@ -71,7 +72,10 @@ int snapfile_load(const char *dir, uint64_t slot, uint8_t **p, size_t *len);
 int snapfile_load_newest(const char *dir, uint8_t **p, size_t *len, uint64_t *slot);
 /* Deletes every snapshot file in dir older than keep_from, stale incoming
  * parts of slots < keep_from and, with temporaries, the temporary files a
- * crash left (only the one thread that writes snapshot files may ask). */
+ * crash left (only the one thread that writes snapshot files may ask).
+ * The first such snapshot file, when there is no dir/spare, becomes it
+ * instead: deleting frees disk space, which a filesystem mounted with
+ * `discard` makes everyone else's writes wait for. */
 void snapfile_prune(const char *dir, uint64_t keep_from, bool temporaries);
 /* Slots of the snapshot files in dir, newest first: up to cap into out,
  * returns how many there are. */

@@ -471,6 +471,38 @@ Test(snapfile, load_newest_is_enoent_when_no_file_is_valid_or_there_is_none)
     cr_assert_eq(slot, 0);
 }
 
+/* A pruned file is kept as the spare, and the next write fills it in place:
+ * freeing disk space makes the disk's other writes wait where the
+ * filesystem discards. Whatever the spare held, longer or shorter, the new
+ * file holds exactly its own bytes. */
+Test(snapfile, a_pruned_snapshot_is_the_spare_that_the_next_write_overwrites)
+{
+    uint8_t big[100000];
+    memset(big, 0xee, sizeof big);
+    write_raw("snap-00000000000000000001", big, sizeof big);
+    snapfile_prune(dir, 2, true);
+    cr_assert(!exists("snap-00000000000000000001"));
+    cr_assert(exists("spare"));
+    for (uint64_t slot = 2; slot <= 3; slot++) {
+        struct buf b;
+        make_file(slot, &b);
+        cr_assert_lt(b.len, sizeof big);
+        cr_assert_eq(snapfile_write(dir, slot, b.data, b.len), 0);
+        cr_assert(!exists("spare"), "the write took the spare");
+        uint8_t *p;
+        size_t len;
+        cr_assert_eq(snapfile_load(dir, slot, &p, &len), 0);
+        cr_assert_eq(len, b.len);
+        cr_assert_arr_eq(p, b.data, b.len);
+        free(p);
+        buf_deinit(&b);
+        /* Then a spare shorter than the next file. */
+        write_raw("spare", "x", 1);
+    }
+    uint64_t out[4];
+    cr_assert_eq(snapfile_list(dir, out, 4), 2);
+}
+
 Test(snapfile, prune_deletes_older_snapshots_parts_and_temporaries_and_keeps_the_rest)
 {
     struct buf b;
@@ -488,7 +520,11 @@ Test(snapfile, prune_deletes_older_snapshots_parts_and_temporaries_and_keeps_the
     write_raw("random", "x", 1);
     snapfile_prune(dir, 20, false);
     cr_assert(exists("snap-00000000000000000001.tmp"), "temporaries only when asked");
+    /* The first pass kept one of 5 and 10 as the spare and deleted the
+     * other; this one deletes the spare no more. */
+    cr_assert(exists("spare"));
     snapfile_prune(dir, 20, true);
+    cr_assert(exists("spare"));
     cr_assert(!exists("snap-00000000000000000005"));
     cr_assert(!exists("snap-00000000000000000010"));
     cr_assert(!exists("incoming-7.part"));
