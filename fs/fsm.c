@@ -1667,9 +1667,9 @@ int fsm_new(struct store *store, uint32_t n_nodes, struct fsm **out)
     struct fsm *f = xcalloc(1, sizeof *f);
     /* Writers first: glibc's default lets a reader in while a writer
      * waits, so the snapshot's image encoder, which takes the read lock
-     * batch after batch, kept the apply of every write waiting for most of
-     * its 25-50 ms. No reader takes the lock twice or waits, holding it,
-     * for a thread that needs it, so this cannot deadlock. */
+     * batch after batch for 25-50 ms, could keep an apply waiting behind
+     * more than one batch. No reader takes the lock twice or waits,
+     * holding it, for a thread that needs it, so this cannot deadlock. */
     pthread_rwlockattr_t attr;
     pthread_rwlockattr_init(&attr);
     pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
