@@ -457,18 +457,25 @@ Test(px, lagging_follower_fetches_chosen_slots)
     cluster_fini();
 }
 
+/* Leader l has n values chosen while node lag hears nothing, and every
+ * other node learns the commit. */
+static void choose_without(int l, int lag, int n)
+{
+    for (int i = 1; i <= 3; i++)
+        C.cut[i][lag] = true;
+    for (int k = 0; k < n; k++) {
+        propose_str(l, "v");
+        stabilize();
+    }
+    tick_all(1);
+}
+
 Test(px, follower_behind_compaction_is_told_to_install_a_snapshot)
 {
     cluster_init(3);
     int l = elect();
     int lag = l % 3 + 1;
-    for (int i = 1; i <= 3; i++)
-        C.cut[i][lag] = true;
-    for (int k = 0; k < 10; k++) {
-        propose_str(l, "v");
-        stabilize();
-    }
-    tick_all(1);
+    choose_without(l, lag, 10);
     for (int i = 1; i <= 3; i++)
         if (i != lag)
             px_compact(C.nodes[i].px, commit_of(i));
@@ -494,13 +501,7 @@ Test(px, follower_behind_the_leaders_compaction_fetches_from_a_peer_that_kept_th
     int l = elect();
     int lag = l % 3 + 1, other = lag % 3 + 1;
     cr_assert_neq(other, l);
-    for (int i = 1; i <= 3; i++)
-        C.cut[i][lag] = true;
-    for (int k = 0; k < 10; k++) {
-        propose_str(l, "v");
-        stabilize();
-    }
-    tick_all(1);
+    choose_without(l, lag, 10);
     px_compact(C.nodes[l].px, commit_of(l));
     for (int i = 1; i <= 3; i++)
         C.cut[i][lag] = false;
