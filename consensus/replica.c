@@ -132,6 +132,19 @@ void replica_config_defaults(struct replica_config *c)
     c->log_slack_bytes = 64ull << 20;
 }
 
+static uint64_t every_bytes(const struct replica *r)
+{
+    return r->cfg.snapshot_every_bytes ? r->cfg.snapshot_every_bytes : 256ull << 20;
+}
+
+/* This node's share of a snapshot interval, every / n_nodes * (id - 1):
+ * see next_snapshot_slot for why. */
+static uint64_t snapshot_shift(const struct replica *r, uint64_t every)
+{
+    uint32_t n = r->cfg.n_nodes ? r->cfg.n_nodes : 1;
+    return every / n * ((r->cfg.id - 1) % n);
+}
+
 /* ---- WAL replay -------------------------------------------------------- */
 
 struct replay_state {
@@ -320,6 +333,7 @@ static int open_replica(const struct replica_config *cfg, bool online, struct re
     buf_init(&r->snap_dedup);
     pthread_cond_init(&r->snap_wake, NULL);
     r->status.snapshot_slot = r->snap_slot;
+    r->snap_applied_bytes = snapshot_shift(r, every_bytes(r));
     pthread_mutex_init(&r->lock, NULL);
     cond_init_monotonic(&r->wake);
     publish_status(r); /* what start-up will replay up to is known now */
@@ -818,15 +832,16 @@ static int compact(struct replica *r, uint64_t slot)
 
 /* The slot at which this node's next scheduled snapshot is due: the first
  * after its newest one on a grid of snapshot_every_slots, shifted by
- * (id - 1) / n_nodes of an interval. Why shifted: all replicas apply the
- * same slots, so unshifted they would all snapshot at once, and a snapshot
- * costs its node CPU and disk for a while; shifted, while one node takes
- * one, the others of a majority are at full speed. */
+ * (id - 1) / n_nodes of an interval (snapshot_shift). Why shifted: all
+ * replicas apply the same slots, so unshifted they would all snapshot at
+ * once, and a snapshot costs its node CPU and disk for a while; shifted,
+ * while one node takes one, the others of a majority are at full speed.
+ * The byte rule is shifted the same way: each node's count of applied
+ * bytes starts with a head start of its shift (replica_open). */
 static uint64_t next_snapshot_slot(const struct replica *r)
 {
     uint64_t every = r->cfg.snapshot_every_slots ? r->cfg.snapshot_every_slots : 10000;
-    uint32_t n = r->cfg.n_nodes ? r->cfg.n_nodes : 1;
-    uint64_t shift = every / n * ((r->cfg.id - 1) % n);
+    uint64_t shift = snapshot_shift(r, every);
     /* The smallest s > snap_slot with s = shift (mod every). */
     uint64_t s = r->snap_slot - r->snap_slot % every + shift;
     return s > r->snap_slot ? s : s + every;
@@ -847,9 +862,8 @@ static void maybe_snapshot(struct replica *r)
         asked = false;
     }
     pthread_mutex_unlock(&r->lock);
-    uint64_t every_bytes = r->cfg.snapshot_every_bytes ? r->cfg.snapshot_every_bytes : 256ull << 20;
     bool due = asked || r->snap_force || r->applied >= next_snapshot_slot(r) ||
-               r->snap_applied_bytes >= every_bytes;
+               r->snap_applied_bytes >= every_bytes(r);
     if (busy || !due || r->applied <= r->snap_slot)
         return;
     uint64_t t0 = clock_now_ns();

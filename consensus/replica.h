@@ -39,10 +39,10 @@
  * exactly-once table, and not below the wall clock in microseconds (a node
  * whose data directory was emptied remembers none of its sessions).
  *
- * Snapshots and compaction. Every snapshot_every_slots applied slots (on a
- * grid shifted by (id - 1) / n_nodes of an interval, so the replicas take
- * theirs at different times), or after snapshot_every_bytes of applied
- * values, the replica thread has the state
+ * Snapshots and compaction. Every snapshot_every_slots applied slots, or
+ * after snapshot_every_bytes of applied values (each shifted by
+ * (id - 1) / n_nodes of its interval, so the replicas take theirs at
+ * different times), the replica thread has the state
  * machine fix the state the snapshot shows (sm.snapshot_begin: quick) and
  * encodes the exactly-once table; the snapshot thread, while applies go on,
  * gets the state machine's image of it (sm.snapshot_image), makes the state

@@ -72,6 +72,8 @@ static atomic_bool cut[N + 1];
 static atomic_bool deaf[N + 1];
 static bool with_snapshots; /* the suite's replicas take snapshots */
 static uint64_t log_slack_bytes; /* 0: the default; a test sets it before the nodes open */
+/* 0: the default; else snapshots by bytes only (the slot rule far away) */
+static uint64_t snapshot_every_bytes;
 /* The snapshot= of each node's last replica_open log line (-1: none). */
 static atomic_int_fast64_t open_snapshot[N + 1];
 static char root[64];
@@ -218,6 +220,10 @@ static void node_config(int id, struct chain_sm *sm, struct replica_config *c)
         c->log_slack_slots = 5;
         if (log_slack_bytes)
             c->log_slack_bytes = log_slack_bytes;
+        if (snapshot_every_bytes) {
+            c->snapshot_every_bytes = snapshot_every_bytes;
+            c->snapshot_every_slots = 1000000;
+        }
         c->sm.snapshot_begin = sm_snapshot_begin;
         c->sm.snapshot_image = sm_snapshot_image;
         c->sm.restore = sm_restore;
@@ -272,6 +278,7 @@ static void setup_snap(void)
 {
     with_snapshots = true;
     log_slack_bytes = 0;
+    snapshot_every_bytes = 0;
     setup();
 }
 
@@ -281,6 +288,16 @@ static void setup_snap_byte_slack(void)
 {
     with_snapshots = true;
     log_slack_bytes = 1536;
+    snapshot_every_bytes = 0;
+    setup();
+}
+
+/* A snapshot every 3,000 bytes of applied values, none by slots. */
+static void setup_snap_every_bytes(void)
+{
+    with_snapshots = true;
+    log_slack_bytes = 0;
+    snapshot_every_bytes = 3000;
     setup();
 }
 
@@ -694,6 +711,39 @@ Test(replica_snap_bytes, the_log_slack_is_bounded_in_bytes_too)
         cr_assert_lt(k, WAIT_STEPS, "node %d: snapshot %llu, log_first %llu (want one slot kept)",
                      i, (unsigned long long)st.snapshot_slot, (unsigned long long)st.log_first);
     }
+}
+
+/* The byte rule is shifted too: node k starts counting with a head start
+ * of (k - 1) / 3 of the interval, so with values of about 1 KiB and a
+ * snapshot every 3,000 bytes node 3 takes its first one a value before
+ * node 2, and node 2 a value before node 1. (A large sequential write
+ * would otherwise have every node snapshot at the same slot.) Every node
+ * applies one slot at a time here. */
+TestSuite(replica_snap_every_bytes, .init = setup_snap_every_bytes, .fini = teardown,
+          .timeout = 120);
+
+Test(replica_snap_every_bytes, the_nodes_take_their_byte_snapshots_at_shifted_slots)
+{
+    char value[1000];
+    memset(value, 'v', sizeof value);
+    for (int k = 1; k <= 4; k++) {
+        int64_t result;
+        cr_assert_eq(replica_propose(nodes[1].r, value, sizeof value, &result), 0);
+        await_same((uint64_t)k);
+    }
+    uint64_t first[N + 1];
+    for (int i = 1; i <= N; i++) {
+        for (int k = 0; k < WAIT_STEPS && status_of(i).snapshots == 0; k++)
+            usleep(5000);
+        pthread_mutex_lock(&nodes[i].sm.lock);
+        cr_assert_geq(nodes[i].sm.n_begun, 1, "node %d took no snapshot", i);
+        first[i] = nodes[i].sm.begun_slots[0];
+        pthread_mutex_unlock(&nodes[i].sm.lock);
+    }
+    cr_assert(first[3] + 1 == first[2] && first[2] + 1 == first[1],
+              "first snapshots at slots %llu, %llu, %llu (nodes 1, 2, 3)",
+              (unsigned long long)first[1], (unsigned long long)first[2],
+              (unsigned long long)first[3]);
 }
 
 Test(replica_snap, a_restarted_node_restores_its_snapshot_and_replays_only_the_tail)
