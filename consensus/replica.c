@@ -77,7 +77,8 @@ struct replica {
 
     /* snapshots (replica thread, except where noted) */
     uint64_t snap_slot;         /* newest snapshot on disk */
-    uint64_t snap_applied_bytes; /* value bytes applied since it */
+    uint64_t snap_applied_bytes; /* value bytes applied since it (or since open, plus
+                                    the head start snapshot_shift gives) */
     struct checkpoint checkpoints[CHECKPOINTS_MAX];
     size_t n_checkpoints;
     pthread_t snapper;
@@ -837,7 +838,7 @@ static int compact(struct replica *r, uint64_t slot)
  * once, and a snapshot costs its node CPU and disk for a while; shifted,
  * while one node takes one, the others of a majority are at full speed.
  * The byte rule is shifted the same way: each node's count of applied
- * bytes starts with a head start of its shift (replica_open). */
+ * bytes starts with a head start of its shift (open_replica). */
 static uint64_t next_snapshot_slot(const struct replica *r)
 {
     uint64_t every = r->cfg.snapshot_every_slots ? r->cfg.snapshot_every_slots : 10000;
