@@ -257,13 +257,13 @@ struct px_node {
     uint64_t fetch_tick;    /* last FETCH sent */
     uint64_t snapshot_tick; /* last snapshot request handed out */
     bool snapshot_pending;  /* asked the caller for a snapshot, not installed yet */
+    bool snapshot_announce; /* the request is yet to go out in a ready */
+    uint32_t snapshot_from;
+    uint64_t snapshot_want;
     /* bitmask: peers that said they compacted away the slot after
      * fetch_tried_commit, or that were asked for it after such an answer */
     uint32_t fetch_tried;
     uint64_t fetch_tried_commit;
-    bool snapshot_announce; /* the request is yet to go out in a ready */
-    uint32_t snapshot_from;
-    uint64_t snapshot_want;
 
     /* proposer */
     uint64_t ballot;

@@ -133,6 +133,11 @@ void replica_config_defaults(struct replica_config *c)
     c->log_slack_bytes = 64ull << 20;
 }
 
+static uint64_t every_slots(const struct replica *r)
+{
+    return r->cfg.snapshot_every_slots ? r->cfg.snapshot_every_slots : 10000;
+}
+
 static uint64_t every_bytes(const struct replica *r)
 {
     return r->cfg.snapshot_every_bytes ? r->cfg.snapshot_every_bytes : 256ull << 20;
@@ -841,7 +846,7 @@ static int compact(struct replica *r, uint64_t slot)
  * bytes starts with a head start of its shift (open_replica). */
 static uint64_t next_snapshot_slot(const struct replica *r)
 {
-    uint64_t every = r->cfg.snapshot_every_slots ? r->cfg.snapshot_every_slots : 10000;
+    uint64_t every = every_slots(r);
     uint64_t shift = snapshot_shift(r, every);
     /* The smallest s > snap_slot with s = shift (mod every). */
     uint64_t s = r->snap_slot - r->snap_slot % every + shift;

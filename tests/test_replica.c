@@ -565,6 +565,23 @@ static struct replica_status await_snapshot(int id, uint64_t slot)
     return st;
 }
 
+/* Waits (bounded) until node id began a snapshot, the replica thread's
+ * next step after an apply that made one due: returns its slot. */
+static uint64_t first_snapshot_begun(int id)
+{
+    for (int k = 0; k < WAIT_STEPS; k++) {
+        pthread_mutex_lock(&nodes[id].sm.lock);
+        size_t n = nodes[id].sm.n_begun;
+        uint64_t slot = nodes[id].sm.begun_slots[0];
+        pthread_mutex_unlock(&nodes[id].sm.lock);
+        if (n > 0)
+            return slot;
+        usleep(5000);
+    }
+    cr_assert_fail("node %d began no snapshot", id);
+    return 0;
+}
+
 static uint64_t newest_snapshot_file(int id)
 {
     uint64_t slots[8];
@@ -732,14 +749,8 @@ Test(replica_snap_every_bytes, the_nodes_take_their_byte_snapshots_at_shifted_sl
         await_same((uint64_t)k);
     }
     uint64_t first[N + 1];
-    for (int i = 1; i <= N; i++) {
-        for (int k = 0; k < WAIT_STEPS && status_of(i).snapshots == 0; k++)
-            usleep(5000);
-        pthread_mutex_lock(&nodes[i].sm.lock);
-        cr_assert_geq(nodes[i].sm.n_begun, 1, "node %d took no snapshot", i);
-        first[i] = nodes[i].sm.begun_slots[0];
-        pthread_mutex_unlock(&nodes[i].sm.lock);
-    }
+    for (int i = 1; i <= N; i++)
+        first[i] = first_snapshot_begun(i);
     cr_assert(first[3] + 1 == first[2] && first[2] + 1 == first[1],
               "first snapshots at slots %llu, %llu, %llu (nodes 1, 2, 3)",
               (unsigned long long)first[1], (unsigned long long)first[2],
