@@ -1821,13 +1821,16 @@ int fsm_readdir(struct fsm *f, uint64_t ino, uint64_t cookie, fsm_dirent_fn fn, 
         rc = -ENOTDIR;
         goto out;
     }
-    if (cookie < COOKIE_DOT && fn(ctx, ".", d->ino, d->mode, COOKIE_DOT) != 0)
-        goto out;
+    struct fsm_attr a;
+    if (cookie < COOKIE_DOT) {
+        attr_fill(d, &a);
+        if (fn(ctx, ".", &a, COOKIE_DOT) != 0)
+            goto out;
+    }
     if (cookie < COOKIE_DOTDOT) {
         const struct inode *p = itab_get(f, d->parent);
-        if (!p)
-            p = d; /* an rmdir'd directory whose parent is gone too */
-        if (fn(ctx, "..", p->ino, p->mode, COOKIE_DOTDOT) != 0)
+        attr_fill(p ? p : d, &a); /* d: an rmdir'd directory whose parent is gone too */
+        if (fn(ctx, "..", &a, COOKIE_DOTDOT) != 0)
             goto out;
     }
     const struct dir *dd = &d->u.dir;
@@ -1837,7 +1840,8 @@ int fsm_readdir(struct fsm *f, uint64_t ino, uint64_t cookie, fsm_dirent_fn fn, 
             continue;
         const struct inode *in = itab_get(f, e->ino);
         ASSERT(in);
-        if (fn(ctx, e->name, e->ino, in->mode, e->cookie) != 0)
+        attr_fill(in, &a);
+        if (fn(ctx, e->name, &a, e->cookie) != 0)
             break;
     }
 out:

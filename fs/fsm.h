@@ -188,8 +188,9 @@ int64_t fsm_apply(struct fsm *f, const uint8_t *data, size_t len, struct fsm_cha
 int fsm_lookup(struct fsm *f, uint64_t parent, const char *name, struct fsm_attr *out);
 int fsm_getattr(struct fsm *f, uint64_t ino, struct fsm_attr *out);
 /* Lists entries after `cookie` (0: from the start; "." and ".." included),
- * calling fn until it returns non-zero; each entry's cookie resumes after
- * it. Cookies stay valid while entries come and go: "." is 1, ".." is 2 and
+ * calling fn with each one's name and attributes (as fsm_getattr gives
+ * them) until it returns non-zero; each entry's cookie resumes after it.
+ * Cookies stay valid while entries come and go: "." is 1, ".." is 2 and
  * every entry gets the next per-directory number when it is created (a
  * renamed entry gets a new one), so a walk resumed from any cookie lists
  * every entry that existed throughout exactly once. Entries come in cookie
@@ -197,7 +198,7 @@ int fsm_getattr(struct fsm *f, uint64_t ino, struct fsm_attr *out);
  * caller resumes from the cookie of the last entry it kept. fn runs under
  * the fsm's read lock and must not call back into the fsm. 0, or -ENOENT,
  * -ENOTDIR. */
-typedef int (*fsm_dirent_fn)(void *ctx, const char *name, uint64_t ino, uint32_t mode,
+typedef int (*fsm_dirent_fn)(void *ctx, const char *name, const struct fsm_attr *a,
                              uint64_t cookie);
 int fsm_readdir(struct fsm *f, uint64_t ino, uint64_t cookie, fsm_dirent_fn fn, void *ctx);
 /* Reads up to len bytes at off; holes read as zeros; *got may be < len at

@@ -900,36 +900,52 @@ static void mnt_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 struct dir_fill {
     fuse_req_t req;
+    struct mnt *m;
+    bool plus;
     char *buf;
     size_t cap, used;
 };
 
-static int dir_fill_one(void *ctx, const char *name, uint64_t ino, uint32_t mode, uint64_t cookie)
+/* One entry into a READDIR or READDIRPLUS reply. READDIRPLUS hands the
+ * kernel each entry's attributes as a lookup of it would, so that `ls -l`
+ * or `find | stat` need no lookup per entry; the kernel's copies are kept
+ * fresh by the same invalidations as a lookup's. A file with writes of this
+ * host still pending goes without them (node id 0): its size must include
+ * those writes, which only a lookup waits for (settle_attr), and nothing
+ * may wait here, under the fsm's read lock. */
+static int dir_fill_one(void *ctx, const char *name, const struct fsm_attr *a, uint64_t cookie)
 {
     struct dir_fill *d = ctx;
-    struct stat st;
-    memset(&st, 0, sizeof st);
-    st.st_ino = ino;
-    st.st_mode = mode;
-    size_t need = fuse_add_direntry(d->req, NULL, 0, name, NULL, 0);
-    if (d->used + need > d->cap)
-        return 1; /* full: the kernel asks again from the last cookie */
-    fuse_add_direntry(d->req, d->buf + d->used, d->cap - d->used, name, &st, (off_t)cookie);
+    char *at = d->buf + d->used;
+    size_t room = d->cap - d->used, need;
+    if (d->plus) {
+        struct fuse_entry_param e;
+        fill_entry(d->m, a, &e);
+        if (d->m->wb && wb_pending(d->m->wb, a->ino))
+            e.ino = 0;
+        need = fuse_add_direntry_plus(d->req, at, room, name, &e, (off_t)cookie);
+    } else {
+        struct stat st;
+        memset(&st, 0, sizeof st);
+        st.st_ino = a->ino;
+        st.st_mode = a->mode;
+        need = fuse_add_direntry(d->req, at, room, name, &st, (off_t)cookie);
+    }
+    if (need > room)
+        return 1; /* full (nothing written): the kernel asks again from the last cookie */
     d->used += need;
     return 0;
 }
 
-static void mnt_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                        struct fuse_file_info *fi)
+static void reply_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
 {
-    (void)fi;
     struct mnt *m = req_mnt(req);
     int rc = read_barrier(m);
     if (rc != 0) {
         reply_rc(req, rc);
         return;
     }
-    struct dir_fill d = {req, NULL, MIN(size, (size_t)MNT_READDIR_MAX), 0};
+    struct dir_fill d = {req, m, plus, NULL, MIN(size, (size_t)MNT_READDIR_MAX), 0};
     d.buf = malloc(d.cap ? d.cap : 1);
     if (!d.buf) {
         fuse_reply_err(req, ENOMEM);
@@ -941,6 +957,20 @@ static void mnt_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     else
         fuse_reply_buf(req, d.buf, d.used);
     free(d.buf);
+}
+
+static void mnt_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                        struct fuse_file_info *fi)
+{
+    (void)fi;
+    reply_dir(req, ino, size, off, false);
+}
+
+static void mnt_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                            struct fuse_file_info *fi)
+{
+    (void)fi;
+    reply_dir(req, ino, size, off, true);
 }
 
 static void mnt_statfs(fuse_req_t req, fuse_ino_t ino)
@@ -1631,6 +1661,7 @@ static const struct fuse_lowlevel_ops mnt_ops = {
     .fsync = mnt_fsync,
     .opendir = mnt_opendir,
     .readdir = mnt_readdir,
+    .readdirplus = mnt_readdirplus,
     .releasedir = mnt_releasedir,
     .fsyncdir = mnt_fsyncdir,
     .statfs = mnt_statfs,

@@ -1044,16 +1044,18 @@ struct collect {
     uint64_t *cookies;
     char (*names)[32];
     size_t n, cap, stop_after;
+    struct fsm_attr *attrs; /* NULL: not kept */
 };
 
-static int collect_fn(void *ctx, const char *name, uint64_t ino, uint32_t mode, uint64_t cookie)
+static int collect_fn(void *ctx, const char *name, const struct fsm_attr *a, uint64_t cookie)
 {
-    (void)ino, (void)mode;
     struct collect *c = ctx;
     if (c->stop_after && c->n >= c->stop_after)
         return 1;
     cr_assert_lt(c->n, c->cap);
     c->cookies[c->n] = cookie;
+    if (c->attrs)
+        c->attrs[c->n] = *a;
     snprintf(c->names[c->n], sizeof c->names[0], "%s", name);
     c->n++;
     return 0;
@@ -1067,7 +1069,8 @@ Test(fsm, readdir_lists_dot_dotdot_and_entries_in_creation_order)
     do_symlink((uint64_t)d, "m", "t");
     uint64_t cookies[8];
     char names[8][32];
-    struct collect c = {cookies, names, 0, 8, 0};
+    struct fsm_attr attrs[8];
+    struct collect c = {cookies, names, 0, 8, 0, attrs};
     cr_assert_eq(fsm_readdir(fs, (uint64_t)d, 0, collect_fn, &c), 0);
     cr_assert_eq(c.n, 5);
     const char *want[] = {".", "..", "z", "a", "m"};
@@ -1075,7 +1078,17 @@ Test(fsm, readdir_lists_dot_dotdot_and_entries_in_creation_order)
         cr_assert_str_eq(names[i], want[i]);
     cr_assert_eq(cookies[0], 1);
     cr_assert_eq(cookies[1], 2);
+    /* Each entry comes with its inode's attributes, as a lookup gives them
+     * (what READDIRPLUS hands the kernel). */
+    cr_assert_eq(attrs[0].ino, (uint64_t)d);
+    cr_assert_eq(attrs[1].ino, FSM_ROOT_INO);
+    for (int i = 0; i < 5; i++) {
+        struct fsm_attr want_attr = attr_of(attrs[i].ino);
+        cr_assert_eq(memcmp(&attrs[i], &want_attr, sizeof want_attr), 0, "entry %s", names[i]);
+    }
+    cr_assert(S_ISLNK(attrs[4].mode) && attrs[4].size == 1);
     c.n = 0;
+    c.attrs = NULL;
     cr_assert_eq(fsm_readdir(fs, (uint64_t)d, cookies[2], collect_fn, &c), 0);
     cr_assert_eq(c.n, 2);
     cr_assert_str_eq(names[0], "a");

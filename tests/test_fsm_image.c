@@ -258,11 +258,11 @@ static void digests(struct fsm *f, struct buf *out)
     cr_assert_eq(fsm_inode_digests(f, digest_cb, out), 0);
 }
 
-static int dirent_cb(void *ctx, const char *name, uint64_t ino, uint32_t mode, uint64_t cookie)
+static int dirent_cb(void *ctx, const char *name, const struct fsm_attr *a, uint64_t cookie)
 {
     char line[FSM_NAME_MAX + 64];
-    int n = snprintf(line, sizeof line, "%s %llu %o %llu\n", name, (unsigned long long)ino,
-                     mode, (unsigned long long)cookie);
+    int n = snprintf(line, sizeof line, "%s %llu %o %llu\n", name, (unsigned long long)a->ino,
+                     a->mode, (unsigned long long)cookie);
     buf_put(ctx, line, (size_t)n);
     return 0;
 }

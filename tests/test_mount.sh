@@ -299,6 +299,29 @@ check "write-behind: an unclosed write's size shows at once on its host" \
     equals 6 stat -c %s "$M1/behind"
 check "write-behind: an unclosed write reads back at once on its host" \
     equals "first " cat "$M1/behind"
+# A listing hands the kernel each entry's attributes (READDIRPLUS), but not
+# the size of a file whose writes still wait in this host's write-behind
+# (up to 20 ms): the kernel must keep the size it knows. Each round writes
+# through a process that keeps the file open (a close would flush it) and
+# lists the directory right after; one that lists before the write or after
+# the 20 ms proves nothing, and passes.
+listing_keeps_pending_size() {
+    local i f wp got
+    mkdir -p "$M1/listed"
+    for i in $(seq 10); do
+        f="$M1/listed/f$i"
+        sh -c 'printf first; exec sleep 5' >"$f" &
+        wp=$!
+        sleep 0.005
+        ls -l "$M1/listed" >/dev/null
+        got=$(stat -c %s "$f")
+        kill "$wp"
+        wait "$wp" 2>/dev/null
+        [ "$got" = 5 ] || { echo "round $i: size $got after a listing, want 5"; return 1; }
+    done
+}
+check "write-behind: listing its directory keeps an unclosed write's size on its host" \
+    listing_keeps_pending_size
 printf 'second' >&4
 exec 4>&-
 check "write-behind: closed, the file is whole on strict mnt3" equals "first second" cat "$M3/behind"

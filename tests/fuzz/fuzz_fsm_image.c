@@ -84,7 +84,7 @@ struct ents {
     uint64_t parent;
 };
 
-static int collect(void *ctx, const char *name, uint64_t ino, uint32_t mode, uint64_t cookie)
+static int collect(void *ctx, const char *name, const struct fsm_attr *a, uint64_t cookie)
 {
     (void)cookie;
     struct ents *es = ctx;
@@ -94,8 +94,8 @@ static int collect(void *ctx, const char *name, uint64_t ino, uint32_t mode, uin
         return 1;
     struct ent *e = &es->e[es->n++];
     e->parent = es->parent;
-    e->ino = ino;
-    e->mode = mode;
+    e->ino = a->ino;
+    e->mode = a->mode;
     snprintf(e->name, sizeof e->name, "%s", name);
     return 0;
 }

@@ -59,10 +59,9 @@ static void reset(void)
     ASSERT(fsm_new(st, NODES, &fs) == 0);
 }
 
-static int count_fn(void *ctx, const char *name, uint64_t ino, uint32_t mode, uint64_t cookie)
+static int count_fn(void *ctx, const char *name, const struct fsm_attr *a, uint64_t cookie)
 {
-    (void)mode;
-    ASSERT(name && name[0] && ino && cookie);
+    ASSERT(name && name[0] && a->ino && a->mode && cookie);
     return ++*(unsigned *)ctx >= 1000;
 }
 
