@@ -301,18 +301,20 @@ check "write-behind: an unclosed write reads back at once on its host" \
     equals "first " cat "$M1/behind"
 # A listing hands the kernel each entry's attributes (READDIRPLUS), but not
 # the size of a file whose writes still wait in this host's write-behind
-# (up to 20 ms): the kernel must keep the size it knows. Each round writes
-# through a process that keeps the file open (a close would flush it) and
-# lists the directory right after; one that lists before the write or after
-# the 20 ms proves nothing, and passes.
+# (up to 20 ms): the kernel must keep the size it knows. Each round's writer
+# keeps the file open (a close would flush the write), says it wrote by
+# creating a file outside the mount (on fd 3: redirecting its fd 1, the
+# file's, would close it), and the directory is listed right after; a round
+# that lists after the 20 ms proves nothing, and passes.
 listing_keeps_pending_size() {
     local i f wp got
     mkdir -p "$M1/listed"
     for i in $(seq 10); do
         f="$M1/listed/f$i"
-        sh -c 'printf first; exec sleep 5' >"$f" &
+        rm -f "$T/written"
+        sh -c 'exec >"$1"; printf first; : 3>"$2"; exec sleep 5' sh "$f" "$T/written" &
         wp=$!
-        sleep 0.005
+        for _ in $(seq 3000); do [ -e "$T/written" ] && break; sleep 0.001; done
         ls -l "$M1/listed" >/dev/null
         got=$(stat -c %s "$f")
         kill "$wp"
