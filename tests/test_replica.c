@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "base/buf.h"
+#include "base/clock.h"
 #include "base/log.h"
 #include "consensus/replica.h"
 #include "consensus/snapfile.h"
@@ -50,6 +51,7 @@ struct chain_sm {
     uint64_t syncs;
     uint64_t begun_slots[64]; /* the slot of each snapshot begun since open, */
     size_t n_begun;           /* the first 64 */
+    pthread_cond_t begun_cond; /* broadcast with lock held when n_begun grows */
     atomic_uint needed;      /* snapshot_needed calls */
     atomic_uint needed_from;
     atomic_uint_fast64_t needed_slot;
@@ -120,6 +122,7 @@ static int sm_snapshot_begin(void *ctx)
     image_of(sm, &b);
     if (sm->n_begun < 64)
         sm->begun_slots[sm->n_begun++] = sm->last_slot;
+    pthread_cond_broadcast(&sm->begun_cond);
     pthread_mutex_unlock(&sm->lock);
     cr_assert_eq(b.len, IMAGE_BYTES);
     memcpy(sm->begun, b.data, IMAGE_BYTES);
@@ -237,8 +240,10 @@ static void node_open(int id)
 {
     struct node *nd = &nodes[id];
     pthread_mutex_destroy(&nd->sm.lock);
+    pthread_cond_destroy(&nd->sm.begun_cond);
     memset(&nd->sm, 0, sizeof nd->sm);
     pthread_mutex_init(&nd->sm.lock, NULL);
+    cond_init_monotonic(&nd->sm.begun_cond);
     struct replica_config c;
     node_config(id, &nd->sm, &c);
     struct replica *r;
@@ -269,6 +274,7 @@ static void setup(void)
         deaf[i] = false;
         open_snapshot[i] = -1;
         pthread_mutex_init(&nodes[i].sm.lock, NULL);
+        cond_init_monotonic(&nodes[i].sm.begun_cond);
     }
     for (int i = 1; i <= N; i++)
         node_open(i);
@@ -309,8 +315,10 @@ static void teardown(void)
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf %s", root);
     cr_assert_eq(system(cmd), 0);
-    for (int i = 1; i <= N; i++)
+    for (int i = 1; i <= N; i++) {
         pthread_mutex_destroy(&nodes[i].sm.lock);
+        pthread_cond_destroy(&nodes[i].sm.begun_cond);
+    }
     log_set_sink(NULL, NULL);
     with_snapshots = false;
 }
@@ -565,21 +573,22 @@ static struct replica_status await_snapshot(int id, uint64_t slot)
     return st;
 }
 
-/* Waits (bounded) until node id began a snapshot, the replica thread's
- * next step after an apply that made one due: returns its slot. */
+/* Waits (30 s at most) until node id began a snapshot, the replica
+ * thread's next step after an apply that made one due: returns its slot. */
 static uint64_t first_snapshot_begun(int id)
 {
-    for (int k = 0; k < WAIT_STEPS; k++) {
-        pthread_mutex_lock(&nodes[id].sm.lock);
-        size_t n = nodes[id].sm.n_begun;
-        uint64_t slot = nodes[id].sm.begun_slots[0];
-        pthread_mutex_unlock(&nodes[id].sm.lock);
-        if (n > 0)
-            return slot;
-        usleep(5000);
-    }
-    cr_assert_fail("node %d began no snapshot", id);
-    return 0;
+    struct chain_sm *sm = &nodes[id].sm;
+    struct timespec until;
+    deadline_in_ms(&until, 30000);
+    pthread_mutex_lock(&sm->lock);
+    int rc = 0;
+    while (sm->n_begun == 0 && rc == 0)
+        rc = pthread_cond_timedwait(&sm->begun_cond, &sm->lock, &until);
+    size_t n = sm->n_begun;
+    uint64_t slot = sm->begun_slots[0];
+    pthread_mutex_unlock(&sm->lock);
+    cr_assert_gt(n, 0, "node %d began no snapshot in 30 s", id);
+    return slot;
 }
 
 static uint64_t newest_snapshot_file(int id)
