@@ -831,6 +831,10 @@ static const uint16_t op_fields[FSM_OP_TYPE_MAX + 1] = {
     [FSM_OP_RELEASE] = F_DATA,
 };
 
+#define SET_ALL                                                                          \
+    (FSM_SET_MODE | FSM_SET_UID | FSM_SET_GID | FSM_SET_SIZE | FSM_SET_ATIME | FSM_SET_MTIME | \
+     FSM_SET_CTIME | FSM_SET_ATIME_NOW | FSM_SET_MTIME_NOW)
+
 static bool is_xattr_op(uint8_t type)
 {
     return type == FSM_OP_SETXATTR || type == FSM_OP_REMOVEXATTR;
@@ -847,6 +851,33 @@ static int check_entry_name(const char *s, uint32_t len)
     if ((len == 1 && s[0] == '.') || (len == 2 && s[0] == '.' && s[1] == '.'))
         return -EINVAL;
     return 0;
+}
+
+static bool carries_setattr(const struct fsm_op *op)
+{
+    return op->type == FSM_OP_WRITE && (op->flags & FSM_WRITE_SETATTR);
+}
+
+static void put_attr(struct buf *out, const struct fsm_attr *a)
+{
+    buf_put_u32(out, a->mode);
+    buf_put_u32(out, a->uid);
+    buf_put_u32(out, a->gid);
+    buf_put_u64(out, a->size);
+    buf_put_u64(out, (uint64_t)a->atime_ns);
+    buf_put_u64(out, (uint64_t)a->mtime_ns);
+    buf_put_u64(out, (uint64_t)a->ctime_ns);
+}
+
+static void get_attr(struct reader *r, struct fsm_attr *a)
+{
+    a->mode = get_u32(r);
+    a->uid = get_u32(r);
+    a->gid = get_u32(r);
+    a->size = get_u64(r);
+    a->atime_ns = (int64_t)get_u64(r);
+    a->mtime_ns = (int64_t)get_u64(r);
+    a->ctime_ns = (int64_t)get_u64(r);
 }
 
 static int op_check(const struct fsm_op *op)
@@ -870,6 +901,9 @@ static int op_check(const struct fsm_op *op)
         if (rc != 0)
             return rc;
     }
+    if (carries_setattr(op) &&
+        (op->then_set == 0 || (op->then_set & ~(uint32_t)SET_ALL) || (op->flags & FSM_WRITE_APPEND)))
+        return -EINVAL;
     if (fl & F_DATA) {
         if (op->data_len && !op->data)
             return -EINVAL;
@@ -935,17 +969,14 @@ int fsm_op_encode(const struct fsm_op *op, struct buf *out)
         buf_put_u64(out, op->offset);
     if (fl & F_LENGTH)
         buf_put_u64(out, op->length);
-    if (fl & F_ATTR) {
-        buf_put_u32(out, op->attr.mode);
-        buf_put_u32(out, op->attr.uid);
-        buf_put_u32(out, op->attr.gid);
-        buf_put_u64(out, op->attr.size);
-        buf_put_u64(out, (uint64_t)op->attr.atime_ns);
-        buf_put_u64(out, (uint64_t)op->attr.mtime_ns);
-        buf_put_u64(out, (uint64_t)op->attr.ctime_ns);
-    }
+    if (fl & F_ATTR)
+        put_attr(out, &op->attr);
     if (fl & F_DATA)
         put_str(out, op->data, op->data_len);
+    if (carries_setattr(op)) {
+        buf_put_u32(out, op->then_set);
+        put_attr(out, &op->attr);
+    }
     return 0;
 }
 
@@ -1000,17 +1031,14 @@ int fsm_op_decode(const uint8_t *p, size_t len, struct fsm_op *out)
         op.offset = get_u64(&r);
     if (fl & F_LENGTH)
         op.length = get_u64(&r);
-    if (fl & F_ATTR) {
-        op.attr.mode = get_u32(&r);
-        op.attr.uid = get_u32(&r);
-        op.attr.gid = get_u32(&r);
-        op.attr.size = get_u64(&r);
-        op.attr.atime_ns = (int64_t)get_u64(&r);
-        op.attr.mtime_ns = (int64_t)get_u64(&r);
-        op.attr.ctime_ns = (int64_t)get_u64(&r);
-    }
+    if (fl & F_ATTR)
+        get_attr(&r, &op.attr);
     if (fl & F_DATA)
         op.data = get_str(&r, FSM_DATA_MAX, &op.data_len);
+    if (carries_setattr(&op)) {
+        op.then_set = get_u32(&r);
+        get_attr(&r, &op.attr);
+    }
     if (!reader_ok(&r) || reader_left(&r) != 0)
         return -EBADMSG;
     if (op_check(&op) != 0)
@@ -1329,10 +1357,6 @@ static int64_t op_rename(struct fsm *f, const struct fsm_op *op, struct fsm_chan
 /* ------------------------------------------------------------------ */
 /* apply: attributes and data                                          */
 
-#define SET_ALL                                                                          \
-    (FSM_SET_MODE | FSM_SET_UID | FSM_SET_GID | FSM_SET_SIZE | FSM_SET_ATIME | FSM_SET_MTIME | \
-     FSM_SET_CTIME | FSM_SET_ATIME_NOW | FSM_SET_MTIME_NOW)
-
 static int64_t op_setattr(struct fsm *f, const struct fsm_op *op, struct fsm_changes *ch)
 {
     struct inode *in = changing(f, op->ino);
@@ -1503,6 +1527,25 @@ static int64_t op_write(struct fsm *f, const struct fsm_op *op, struct fsm_chang
         kill_suid(in);
     ch_inode(ch, in->ino);
     return n;
+}
+
+/* WRITE with FSM_WRITE_SETATTR (fsm.h): the write, then the setattr, each
+ * as if alone. Each records its changes only when it succeeds. */
+static int64_t op_write_setattr(struct fsm *f, const struct fsm_op *op, struct fsm_changes *ch)
+{
+    struct fsm_op part = *op;
+    part.flags &= ~FSM_WRITE_SETATTR;
+    part.then_set = 0;
+    int64_t write_rc = op_write(f, &part, ch);
+    part = *op;
+    part.type = FSM_OP_SETATTR;
+    part.flags = op->then_set;
+    part.then_set = 0;
+    part.offset = 0;
+    part.data = NULL;
+    part.data_len = 0;
+    int64_t setattr_rc = op_setattr(f, &part, ch);
+    return fsm_carried_result(write_rc, setattr_rc);
 }
 
 static int64_t op_fallocate(struct fsm *f, const struct fsm_op *op, struct fsm_changes *ch)
@@ -1730,7 +1773,7 @@ static int64_t apply_op(struct fsm *f, const struct fsm_op *op, struct fsm_chang
     case FSM_OP_SETATTR:
         return op_setattr(f, op, ch);
     case FSM_OP_WRITE:
-        return op_write(f, op, ch);
+        return carries_setattr(op) ? op_write_setattr(f, op, ch) : op_write(f, op, ch);
     case FSM_OP_FALLOCATE:
         return op_fallocate(f, op, ch);
     case FSM_OP_SETXATTR:

@@ -114,6 +114,13 @@ enum fsm_op_type {
  * apply (they need the block size). */
 #define FSM_WRITE_BLOCKS 2u
 #define FSM_WRITE_BLOCK_ENTRY_HDR 36u
+/* WRITE that carries a setattr, applied right after the bytes: then_set
+ * (a SETATTR mask, not 0) and attr, as a SETATTR op of the same node, uid,
+ * gid and now_ns would. A setattr of a file with writes of this host still
+ * buffered sends both in one log entry instead of one round for each. Not
+ * with APPEND. The setattr is applied whether the write failed or not, as
+ * it would be alone; the result holds both parts' (fsm_carried_*). */
+#define FSM_WRITE_SETATTR 4u
 
 /* A decoded op. Strings and data are borrowed from the encoded bytes
  * (decode) or from the caller (encode); strings are NOT NUL-terminated. */
@@ -135,9 +142,26 @@ struct fsm_op {
     uint64_t offset;
     uint64_t length;
     struct fsm_attr attr; /* SETATTR: mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns */
+    uint32_t then_set;    /* WRITE with FSM_WRITE_SETATTR: the carried setattr's mask */
     const uint8_t *data;
     uint32_t data_len;
 };
+
+/* The result of a WRITE with FSM_WRITE_SETATTR, never negative: each
+ * part's 0 or errno, (write errno << 16) | setattr errno. A negative result
+ * (an op that does not decode) is both parts'. */
+static inline int64_t fsm_carried_result(int64_t write_rc, int64_t setattr_rc)
+{
+    return ((write_rc < 0 ? -write_rc : 0) << 16) | (setattr_rc < 0 ? -setattr_rc : 0);
+}
+static inline int fsm_carried_write_rc(int64_t result)
+{
+    return result < 0 ? (int)result : -(int)((result >> 16) & 0xffff);
+}
+static inline int fsm_carried_setattr_rc(int64_t result)
+{
+    return result < 0 ? (int)result : -(int)(result & 0xffff);
+}
 
 /* Appends the op's encoding (versioned, little-endian). -ENAMETOOLONG for
  * a directory-entry name over FSM_NAME_MAX (so a proposer can hand that

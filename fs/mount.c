@@ -1331,11 +1331,188 @@ static void mnt_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse
     propose_reply_err(req, &op);
 }
 
+/* Proposes [off, off + size) of ino as whole aligned blocks, hashed and
+ * compressed here, once, and shipped encoded (FSM_WRITE_BLOCKS), so that no
+ * replica hashes or compresses them again at apply. The blocks' bytes are
+ * in the op either way; encoded, they are often fewer. Returns the op's
+ * result; *proposed false (nothing proposed) if a block could not be
+ * encoded: the caller sends plain bytes then, and reports what that does. */
+static int64_t propose_blocks(struct mnt *m, const struct fsm_op *proto, const uint8_t *buf,
+                              size_t size, bool *proposed)
+{
+    size_t bs = m->block_size;
+    size_t count = size / bs;
+    size_t fmax = store_file_max(m->block_size);
+    struct buf b;
+    buf_init(&b);
+    buf_reserve(&b, count * (FSM_WRITE_BLOCK_ENTRY_HDR + fmax));
+    *proposed = false;
+    for (size_t k = 0; k < count; k++) {
+        const uint8_t *p = buf + k * bs;
+        struct store_name name = STORE_NAME_NONE;
+        size_t len = 0;
+        size_t at = b.len;
+        buf_append_space(&b, FSM_WRITE_BLOCK_ENTRY_HDR + fmax);
+        if (!store_is_zero(p, bs) &&
+            store_encode(m->store, p, bs, &name, b.data + at + FSM_WRITE_BLOCK_ENTRY_HDR, fmax,
+                         &len) != 0) {
+            buf_deinit(&b);
+            return 0;
+        }
+        memcpy(b.data + at, name.b, STORE_NAME_LEN);
+        uint8_t le[4] = {(uint8_t)len, (uint8_t)(len >> 8), (uint8_t)(len >> 16),
+                         (uint8_t)(len >> 24)};
+        memcpy(b.data + at + STORE_NAME_LEN, le, 4);
+        b.len = at + FSM_WRITE_BLOCK_ENTRY_HDR + len;
+    }
+    struct fsm_op op = *proto;
+    op.flags = FSM_WRITE_BLOCKS | (proto->flags & FSM_WRITE_SETATTR);
+    op.data = b.data;
+    op.data_len = (uint32_t)b.len;
+    *proposed = true;
+    int64_t rc = mnt_propose(m, &op);
+    buf_deinit(&b);
+    return rc;
+}
+
+/* Proposes [off, off + size) of proto->ino as write ops of at most
+ * MNT_WRITE_OP_MAX bytes each: whole aligned blocks encoded here
+ * (propose_blocks), an unaligned head and tail, and anything that could not
+ * be encoded, as plain bytes. With FSM_WRITE_APPEND in proto->flags, plain
+ * ops that the log places at the end of the file. With FSM_WRITE_SETATTR,
+ * the last op carries proto's setattr and *setattr_rc gets its result; it
+ * stays 1 (not proposed) if an earlier op failed. Returns the bytes written
+ * (short after an error once some went in) or a negative errno. */
+static int64_t propose_write(struct mnt *m, const struct fsm_op *proto, const uint8_t *buf,
+                             size_t size, uint64_t off, int *setattr_rc)
+{
+    bool append = (proto->flags & FSM_WRITE_APPEND) != 0;
+    size_t bs = m->block_size;
+    size_t done = 0;
+    int64_t rc = 0;
+    if (setattr_rc)
+        *setattr_rc = 1;
+    /* Each pass writes at least one byte: bounded by size. */
+    while (done < size) {
+        uint64_t at = off + done;
+        size_t n = MIN(size - done, (size_t)MNT_WRITE_OP_MAX);
+        size_t head = at % bs ? (size_t)(bs - at % bs) : 0;
+        bool blocks = !append && head == 0 && n >= bs;
+        if (blocks)
+            n -= n % bs;
+        else if (!append && head > 0)
+            n = MIN(n, head); /* the head alone, so the rest is aligned */
+        struct fsm_op op = *proto;
+        op.offset = at;
+        if (done + n < size)
+            op.flags &= ~FSM_WRITE_SETATTR; /* it rides on the last op */
+        bool proposed = false;
+        if (blocks)
+            rc = propose_blocks(m, &op, buf + done, n, &proposed);
+        if (!proposed) {
+            op.data = buf + done;
+            op.data_len = (uint32_t)n;
+            rc = mnt_propose(m, &op);
+        }
+        if (op.flags & FSM_WRITE_SETATTR) {
+            *setattr_rc = fsm_carried_setattr_rc(rc);
+            rc = fsm_carried_write_rc(rc) < 0 ? fsm_carried_write_rc(rc) : (int64_t)n;
+        }
+        if (rc < 0)
+            break;
+        done += MIN((size_t)rc, n);
+        if ((size_t)rc < n)
+            break;
+    }
+    if (done == 0 && rc < 0)
+        return rc;
+    return (int64_t)done;
+}
+
+/* The write-behind's proposer (fs/write_behind.h). */
+static int wb_propose(void *ctx, const struct wb_extent_view *e)
+{
+    struct mnt *m = ctx;
+    struct fsm_op op = op_for(m, FSM_OP_WRITE, e->uid, e->gid);
+    op.ino = e->ino;
+    int64_t rc = propose_write(m, &op, e->data, e->len, e->offset, NULL);
+    if (rc < 0)
+        return (int)rc;
+    return (size_t)rc < e->len ? -EIO : 0;
+}
+
+/* wb_carry's proposer for a setattr (fs/write_behind.h): the buffered
+ * extent's last write op carries the setattr (FSM_WRITE_SETATTR) when both
+ * are of the same caller, since one op has one uid and gid; otherwise, or
+ * if the write failed before its last op, the setattr goes alone after. */
+struct carried_setattr {
+    struct mnt *m;
+    const struct fsm_op *op;
+};
+
+static int64_t propose_carried_setattr(void *arg, const struct wb_extent_view *e, int *write_rc)
+{
+    struct carried_setattr *c = arg;
+    struct mnt *m = c->m;
+    const struct fsm_op *sa = c->op;
+    int setattr_rc = 1;
+    if (e && e->uid == sa->uid && e->gid == sa->gid) {
+        struct fsm_op op = *sa; /* node, uid, gid, now_ns, ino, attr */
+        op.type = FSM_OP_WRITE;
+        op.flags = FSM_WRITE_SETATTR;
+        op.then_set = sa->flags;
+        int64_t rc = propose_write(m, &op, e->data, e->len, e->offset, &setattr_rc);
+        *write_rc = rc < 0 ? (int)rc : (size_t)rc < e->len ? -EIO : 0;
+    } else if (e) {
+        *write_rc = wb_propose(m, e);
+    }
+    return setattr_rc <= 0 ? setattr_rc : mnt_propose(m, sa);
+}
+
+/* Writes go to the write-behind (fs/write_behind.h) and are acknowledged
+ * at once; fsync and close wait for them. Two kinds are proposed here and
+ * acknowledged once applied: appends, whose place only the log decides (after
+ * this host's earlier writes of the file), and every write in strict mode,
+ * which promises other hosts see a write once it returns. */
+static void mnt_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                      struct fuse_file_info *fi)
+{
+    struct mnt *m = req_mnt(req);
+    bool append = ((unsigned)fi->fh & O_APPEND) != 0;
+    if (off < 0 || (uint64_t)off + size > FSM_FILE_SIZE_MAX) {
+        fuse_reply_err(req, off < 0 ? EINVAL : EFBIG);
+        return;
+    }
+    if (size == 0) {
+        fuse_reply_write(req, 0);
+        return;
+    }
+    int64_t rc;
+    if (m->wb && !append) {
+        const struct fuse_ctx *c = fuse_req_ctx(req);
+        rc = wb_write(m->wb, ino, (uint64_t)off, buf, size, c->uid, c->gid);
+        if (rc == 0)
+            rc = (int64_t)size;
+    } else {
+        rc = m->wb ? wb_drain(m->wb, ino) : 0;
+        if (rc == 0) {
+            struct fsm_op op = op_new(req, FSM_OP_WRITE);
+            op.ino = ino;
+            op.flags = append ? FSM_WRITE_APPEND : 0;
+            rc = propose_write(m, &op, (const uint8_t *)buf, size, (uint64_t)off, NULL);
+        }
+    }
+    if (rc < 0)
+        reply_rc(req, rc);
+    else
+        fuse_reply_write(req, (size_t)rc);
+}
+
 static void mnt_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
                         struct fuse_file_info *fi)
 {
     (void)fi;
-    settle(req_mnt(req), ino); /* a truncate or a chmod lands after our writes */
+    struct mnt *m = req_mnt(req);
     struct fsm_op op = op_new(req, FSM_OP_SETATTR);
     op.ino = ino;
     if (to_set & FUSE_SET_ATTR_MODE) {
@@ -1374,159 +1551,22 @@ static void mnt_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
         op.flags |= FSM_SET_CTIME;
         op.attr.ctime_ns = ts_to_ns(attr->st_ctim);
     }
-    if (op.flags) {
-        int64_t rc = mnt_propose(req_mnt(req), &op);
-        if (rc < 0) {
-            reply_rc(req, rc);
-            return;
-        }
+    /* A truncate or a chmod lands after this host's writes of the file:
+     * carried in the same op as the last of them (wb_carry). */
+    int64_t rc = 0;
+    if (op.flags == 0) {
+        settle(m, ino);
+    } else if (m->wb) {
+        struct carried_setattr c = {m, &op};
+        rc = wb_carry(m->wb, ino, propose_carried_setattr, &c);
+    } else {
+        rc = mnt_propose(m, &op);
+    }
+    if (rc < 0) {
+        reply_rc(req, rc);
+        return;
     }
     reply_attr_of(req, ino);
-}
-
-/* Proposes [off, off + size) of ino as whole aligned blocks, hashed and
- * compressed here, once, and shipped encoded (FSM_WRITE_BLOCKS), so that no
- * replica hashes or compresses them again at apply. The blocks' bytes are
- * in the op either way; encoded, they are often fewer. Returns the op's
- * result; *proposed false (nothing proposed) if a block could not be
- * encoded: the caller sends plain bytes then, and reports what that does. */
-static int64_t propose_blocks(struct mnt *m, const struct fsm_op *proto, const uint8_t *buf,
-                              size_t size, uint64_t off, bool *proposed)
-{
-    size_t bs = m->block_size;
-    size_t count = size / bs;
-    size_t fmax = store_file_max(m->block_size);
-    struct buf b;
-    buf_init(&b);
-    buf_reserve(&b, count * (FSM_WRITE_BLOCK_ENTRY_HDR + fmax));
-    *proposed = false;
-    for (size_t k = 0; k < count; k++) {
-        const uint8_t *p = buf + k * bs;
-        struct store_name name = STORE_NAME_NONE;
-        size_t len = 0;
-        size_t at = b.len;
-        buf_append_space(&b, FSM_WRITE_BLOCK_ENTRY_HDR + fmax);
-        if (!store_is_zero(p, bs) &&
-            store_encode(m->store, p, bs, &name, b.data + at + FSM_WRITE_BLOCK_ENTRY_HDR, fmax,
-                         &len) != 0) {
-            buf_deinit(&b);
-            return 0;
-        }
-        memcpy(b.data + at, name.b, STORE_NAME_LEN);
-        uint8_t le[4] = {(uint8_t)len, (uint8_t)(len >> 8), (uint8_t)(len >> 16),
-                         (uint8_t)(len >> 24)};
-        memcpy(b.data + at + STORE_NAME_LEN, le, 4);
-        b.len = at + FSM_WRITE_BLOCK_ENTRY_HDR + len;
-    }
-    struct fsm_op op = *proto;
-    op.offset = off;
-    op.flags = FSM_WRITE_BLOCKS;
-    op.data = b.data;
-    op.data_len = (uint32_t)b.len;
-    *proposed = true;
-    int64_t rc = mnt_propose(m, &op);
-    buf_deinit(&b);
-    return rc;
-}
-
-/* Proposes [off, off + size) of proto->ino as write ops of at most
- * MNT_WRITE_OP_MAX bytes each: whole aligned blocks encoded here
- * (propose_blocks), an unaligned head and tail, and anything that could not
- * be encoded, as plain bytes. With FSM_WRITE_APPEND in proto->flags, plain
- * ops that the log places at the end of the file. Returns the bytes
- * written (short after an error once some went in) or a negative errno. */
-static int64_t propose_write(struct mnt *m, const struct fsm_op *proto, const uint8_t *buf,
-                             size_t size, uint64_t off)
-{
-    bool append = (proto->flags & FSM_WRITE_APPEND) != 0;
-    size_t bs = m->block_size;
-    size_t done = 0;
-    int64_t rc = 0;
-    /* Each pass writes at least one byte: bounded by size. */
-    while (done < size) {
-        uint64_t at = off + done;
-        size_t n = MIN(size - done, (size_t)MNT_WRITE_OP_MAX);
-        size_t head = at % bs ? (size_t)(bs - at % bs) : 0;
-        if (!append && head == 0 && n >= bs) {
-            bool proposed;
-            n -= n % bs;
-            rc = propose_blocks(m, proto, buf + done, n, at, &proposed);
-            if (proposed) {
-                if (rc < 0)
-                    break;
-                done += MIN((size_t)rc, n);
-                if ((size_t)rc < n)
-                    break;
-                continue;
-            }
-        } else if (!append && head > 0) {
-            n = MIN(n, head); /* the head alone, so the rest is aligned */
-        }
-        struct fsm_op op = *proto;
-        op.offset = at;
-        op.data = buf + done;
-        op.data_len = (uint32_t)n;
-        rc = mnt_propose(m, &op);
-        if (rc < 0)
-            break;
-        done += MIN((size_t)rc, n);
-        if ((size_t)rc < n)
-            break;
-    }
-    if (done == 0 && rc < 0)
-        return rc;
-    return (int64_t)done;
-}
-
-/* The write-behind's proposer (fs/write_behind.h). */
-static int wb_propose(void *ctx, const struct wb_extent_view *e)
-{
-    struct mnt *m = ctx;
-    struct fsm_op op = op_for(m, FSM_OP_WRITE, e->uid, e->gid);
-    op.ino = e->ino;
-    int64_t rc = propose_write(m, &op, e->data, e->len, e->offset);
-    if (rc < 0)
-        return (int)rc;
-    return (size_t)rc < e->len ? -EIO : 0;
-}
-
-/* Writes go to the write-behind (fs/write_behind.h) and are acknowledged
- * at once; fsync and close wait for them. Two kinds are proposed here and
- * acknowledged once applied: appends, whose place only the log decides (after
- * this host's earlier writes of the file), and every write in strict mode,
- * which promises other hosts see a write once it returns. */
-static void mnt_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
-                      struct fuse_file_info *fi)
-{
-    struct mnt *m = req_mnt(req);
-    bool append = ((unsigned)fi->fh & O_APPEND) != 0;
-    if (off < 0 || (uint64_t)off + size > FSM_FILE_SIZE_MAX) {
-        fuse_reply_err(req, off < 0 ? EINVAL : EFBIG);
-        return;
-    }
-    if (size == 0) {
-        fuse_reply_write(req, 0);
-        return;
-    }
-    int64_t rc;
-    if (m->wb && !append) {
-        const struct fuse_ctx *c = fuse_req_ctx(req);
-        rc = wb_write(m->wb, ino, (uint64_t)off, buf, size, c->uid, c->gid);
-        if (rc == 0)
-            rc = (int64_t)size;
-    } else {
-        rc = m->wb ? wb_drain(m->wb, ino) : 0;
-        if (rc == 0) {
-            struct fsm_op op = op_new(req, FSM_OP_WRITE);
-            op.ino = ino;
-            op.flags = append ? FSM_WRITE_APPEND : 0;
-            rc = propose_write(m, &op, (const uint8_t *)buf, size, (uint64_t)off);
-        }
-    }
-    if (rc < 0)
-        reply_rc(req, rc);
-    else
-        fuse_reply_write(req, (size_t)rc);
 }
 
 static void mnt_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,

@@ -11,7 +11,8 @@
  *
  * submit() is called by wb_write (chunk full, or a write elsewhere in the
  * file), by wb_drain/wb_sync, by a worker's timer (delay_ms) and by
- * wb_close. An inode's record lives while it has a buffered extent, an
+ * wb_close. wb_carry takes a BUFFERED extent straight to PROPOSING, on its
+ * caller's thread. An inode's record lives while it has a buffered extent, an
  * in-flight one, a kept error or a waiter. */
 #include "fs/write_behind.h"
 
@@ -129,11 +130,16 @@ static bool overlaps_inflight(const struct wb_inode *s, uint64_t offset, size_t 
 
 /* ---- submitting ---------------------------------------------------------- */
 
-static void enqueue(struct wb *w, struct wb_ext *e)
+static void inflight_add(struct wb_ext *e)
 {
     struct wb_inode *s = e->inode;
     e->next_inflight = s->inflight;
     s->inflight = e;
+}
+
+static void enqueue(struct wb *w, struct wb_ext *e)
+{
+    inflight_add(e);
     e->next_queued = NULL;
     if (w->queue_tail)
         w->queue_tail->next_queued = e;
@@ -419,6 +425,36 @@ int wb_drain(struct wb *w, uint64_t ino)
 int wb_sync(struct wb *w, uint64_t ino)
 {
     return drain(w, ino, true);
+}
+
+int64_t wb_carry(struct wb *w, uint64_t ino, wb_carry_fn fn, void *arg)
+{
+    struct wb_ext *e = NULL;
+    if (atomic_load_explicit(&w->inodes, memory_order_relaxed) != 0) {
+        pthread_mutex_lock(&w->lock);
+        struct wb_inode *s = inode_find(w, ino);
+        if (s) {
+            while (s->inflight)
+                wait_done(w, s);
+            e = s->buffered;
+            if (e) {
+                s->buffered = NULL;
+                inflight_add(e); /* proposed by fn, not by a worker */
+            } else {
+                inode_put(w, s);
+            }
+        }
+        pthread_mutex_unlock(&w->lock);
+    }
+    int write_rc = 0;
+    if (!e)
+        return fn(arg, NULL, &write_rc);
+    struct wb_extent_view v = {ino, e->offset, e->data, e->len, e->uid, e->gid};
+    int64_t rc = fn(arg, &v, &write_rc);
+    pthread_mutex_lock(&w->lock);
+    finish(w, e, write_rc);
+    pthread_mutex_unlock(&w->lock);
+    return rc;
 }
 
 bool wb_pending(struct wb *w, uint64_t ino)

@@ -82,6 +82,19 @@ int wb_write(struct wb *w, uint64_t ino, uint64_t offset, const void *data, size
 int wb_drain(struct wb *w, uint64_t ino);
 /* wb_drain, and then returns and forgets the kept error: fsync and flush. */
 int wb_sync(struct wb *w, uint64_t ino);
+
+/* Proposes e together with the caller's own request, in one log entry where
+ * possible, and returns the request's result; sets *write_rc to e's: 0 or
+ * a negative errno. e is NULL when there is nothing to carry: then the
+ * request alone. Called on wb_carry's caller's thread. */
+typedef int64_t (*wb_carry_fn)(void *arg, const struct wb_extent_view *e, int *write_rc);
+/* wb_drain for a request that changes ino and must follow this host's
+ * writes of it (a setattr): waits until none of ino's extents is in flight,
+ * then hands the buffered extent, if any, to fn, which proposes it with the
+ * request: one consensus round where wb_drain and the request take two.
+ * The extent counts as in flight until fn returns (invariants 1 and 2) and
+ * its failure is kept (invariant 3). Returns fn's result. */
+int64_t wb_carry(struct wb *w, uint64_t ino, wb_carry_fn fn, void *arg);
 /* Whether ino has bytes buffered or in flight, or a kept error. A hint:
  * it may change as soon as it returns. */
 bool wb_pending(struct wb *w, uint64_t ino);

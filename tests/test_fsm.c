@@ -707,6 +707,75 @@ Test(fsm, setattr_of_unknown_bits_or_missing_inode_fails)
     cr_assert_eq(do_setattr(999, FSM_SET_MODE, &a), -ENOENT);
 }
 
+static int64_t do_write_setattr(uint64_t ino, uint64_t off, const char *p, uint32_t set,
+                                const struct fsm_attr *a)
+{
+    struct fsm_op op = {.type = FSM_OP_WRITE, .ino = ino, .offset = off,
+                        .data = (const uint8_t *)p, .data_len = (uint32_t)strlen(p),
+                        .flags = FSM_WRITE_SETATTR, .then_set = set, .attr = *a};
+    return apply(&op);
+}
+
+Test(fsm, a_write_carrying_a_setattr_applies_the_bytes_then_the_attributes)
+{
+    int64_t f = do_create(FSM_ROOT_INO, "f");
+    struct fsm_attr a = {.mode = 0640, .mtime_ns = 22};
+    int64_t r = do_write_setattr((uint64_t)f, 3, "abc", FSM_SET_MTIME | FSM_SET_MODE, &a);
+    cr_assert_eq(r, 0, "both parts succeed: %lld", (long long)r);
+    struct fsm_attr got = attr_of((uint64_t)f);
+    cr_assert_eq(got.size, 6);
+    cr_assert_eq(got.mode, S_IFREG | 0640);
+    cr_assert_eq(got.mtime_ns, 22, "the setattr's mtime, not the write's");
+    cr_assert_eq(got.ctime_ns, now_ns);
+    cr_assert_eq(changes.n_inodes, 1);
+    cr_assert_eq(changes.inodes[0], (uint64_t)f);
+    uint8_t buf[6];
+    read_exact((uint64_t)f, 0, 6, buf);
+    cr_assert_eq(memcmp(buf, "\0\0\0abc", 6), 0);
+    /* A truncate carried after the bytes cuts them. */
+    a.size = 4;
+    cr_assert_eq(do_write_setattr((uint64_t)f, 6, "def", FSM_SET_SIZE, &a), 0);
+    cr_assert_eq(attr_of((uint64_t)f).size, 4);
+}
+
+Test(fsm, a_carried_setattr_is_applied_even_when_its_write_fails_and_each_result_is_kept)
+{
+    int64_t f = do_create(FSM_ROOT_INO, "f");
+    struct fsm_attr a = {.mtime_ns = 22};
+    int64_t r = do_write_setattr((uint64_t)f, FSM_FILE_SIZE_MAX, "abc", FSM_SET_MTIME, &a);
+    cr_assert_eq(fsm_carried_write_rc(r), -EFBIG);
+    cr_assert_eq(fsm_carried_setattr_rc(r), 0);
+    cr_assert_eq(attr_of((uint64_t)f).size, 0);
+    cr_assert_eq(attr_of((uint64_t)f).mtime_ns, 22);
+    a.size = FSM_FILE_SIZE_MAX + 1;
+    r = do_write_setattr((uint64_t)f, 0, "abc", FSM_SET_SIZE, &a);
+    cr_assert_eq(fsm_carried_write_rc(r), 0);
+    cr_assert_eq(fsm_carried_setattr_rc(r), -EFBIG);
+    cr_assert_eq(attr_of((uint64_t)f).size, 3);
+    r = do_write_setattr(999, 0, "abc", FSM_SET_MTIME, &a);
+    cr_assert_eq(fsm_carried_write_rc(r), -ENOENT);
+    cr_assert_eq(fsm_carried_setattr_rc(r), -ENOENT);
+    cr_assert_eq(changes.n_inodes, 0);
+    cr_assert_eq(fsm_carried_write_rc(-EBADMSG), -EBADMSG);
+    cr_assert_eq(fsm_carried_setattr_rc(-EBADMSG), -EBADMSG);
+}
+
+Test(fsm, a_carried_setattr_must_have_a_mask_of_known_bits_and_no_append)
+{
+    struct fsm_op op = {.type = FSM_OP_WRITE, .ino = 2, .data = (const uint8_t *)"x",
+                        .data_len = 1, .flags = FSM_WRITE_SETATTR};
+    struct buf b;
+    buf_init(&b);
+    cr_assert_eq(fsm_op_encode(&op, &b), -EINVAL, "empty mask");
+    op.then_set = 1u << 30;
+    cr_assert_eq(fsm_op_encode(&op, &b), -EINVAL, "unknown bit");
+    op.then_set = FSM_SET_MODE;
+    op.flags |= FSM_WRITE_APPEND;
+    cr_assert_eq(fsm_op_encode(&op, &b), -EINVAL, "append");
+    cr_assert_eq(b.len, 0);
+    buf_deinit(&b);
+}
+
 Test(fsm, truncate_of_a_directory_is_eisdir_and_of_a_huge_size_efbig)
 {
     int64_t d = do_mkdir(FSM_ROOT_INO, "d");
@@ -1300,6 +1369,9 @@ Test(fsm, every_op_type_round_trips_through_the_codec)
                   .mtime_ns = 2, .ctime_ns = 3}},
         {.type = FSM_OP_WRITE, .ino = 2, .offset = 1ull << 33, .data = (const uint8_t *)"xyz",
          .data_len = 3, .flags = FSM_WRITE_APPEND},
+        {.type = FSM_OP_WRITE, .ino = 2, .offset = 7, .data = (const uint8_t *)"xyz",
+         .data_len = 3, .flags = FSM_WRITE_SETATTR, .then_set = FSM_SET_MTIME | FSM_SET_UID,
+         .attr = {.uid = 5, .mtime_ns = -2, .size = 9}},
         {.type = FSM_OP_FALLOCATE, .ino = 2, .flags = 3, .offset = 5, .length = 6},
         {.type = FSM_OP_SETXATTR, .ino = 2, .name = "user.a/b", .name_len = 8,
          .data = (const uint8_t *)"v", .data_len = 1, .flags = XATTR_CREATE},
@@ -1329,6 +1401,8 @@ Test(fsm, every_op_type_round_trips_through_the_codec)
         cr_assert_eq(d.flags, op->flags);
         cr_assert_eq(d.data_len, op->data_len);
         cr_assert_eq(d.attr.size, op->attr.size);
+        cr_assert_eq(d.attr.mtime_ns, op->attr.mtime_ns);
+        cr_assert_eq(d.then_set, op->then_set);
         cr_assert_eq(fsm_op_encode(&d, &b2), 0);
         cr_assert_eq(b.len, b2.len);
         cr_assert_eq(memcmp(b.data, b2.data, b.len), 0, "op %zu", i);

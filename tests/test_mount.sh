@@ -329,6 +329,25 @@ exec 4>&-
 check "write-behind: closed, the file is whole on strict mnt3" equals "first second" cat "$M3/behind"
 check "write-behind: closed, the file is whole on mnt2" equals "first second" cat "$M2/behind"
 
+# A setattr of a file whose writes wait in this host's write-behind travels
+# in the log entry of the last of them (FSM_WRITE_SETATTR), as tar's
+# write, utimensat, chmod does: it still lands after them.
+exec 4>"$M1/carried"
+printf '%s' "$(seq 1000)" >&4
+touch -m -d '2001-02-03 04:05:06 UTC' "$M1/carried"
+chmod 604 "$M1/carried"
+exec 4>&-
+check "write-behind: utimes after an unclosed write: strict mnt3 has the bytes" \
+    equals "$(printf '%s' "$(seq 1000)" | cksum)" sh -c "cksum <'$M3/carried'"
+check "write-behind: utimes after an unclosed write: its mtime, not the write's, on mnt3" \
+    equals "981173106 604" stat -c '%Y %a' "$M3/carried"
+exec 4>"$M1/cut"
+printf '0123456789abcdef' >&4
+truncate -s 10 "$M1/cut"
+exec 4>&-
+check "write-behind: a truncate after an unclosed write cuts it, on mnt2" \
+    equals 0123456789 cat "$M2/cut"
+
 # Not closed, not synced: other hosts still see a write soon (its extent
 # is proposed 20 ms after it was written).
 shows_soon() { # up to 10 s

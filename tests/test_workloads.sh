@@ -360,6 +360,16 @@ tree_is_source() { # DIR: DIR/usr/include... equals the host's
     return $rc
 }
 
+meta_is_source() { # DIR: DIR/usr/include... has the host's modes, owners
+    # (when root extracted it) and mtimes, in whole seconds as tar keeps them
+    local d rc=0 fmt='%p %y %m %Ts %l\n'
+    [ "$(id -u)" = 0 ] && fmt='%p %y %m %U %G %Ts %l\n'
+    for d in "${INCLUDE_DIRS[@]}"; do
+        diff <(tree_meta "/$d" "$fmt") <(tree_meta "$1/$d" "$fmt") || rc=1
+    done
+    return $rc
+}
+
 section2() {
     local t0 nfiles k
     t0=$(now)
@@ -371,6 +381,8 @@ section2() {
     check "tar extracts ${INCLUDE_DIRS[*]} into mnt1" \
         timed "tar -x on mnt1" tar -C "$M1/wl/tree" -xf "$T/include.tar"
     check "the extracted tree equals the source (diff -r on mnt1)" tree_is_source "$M1/wl/tree"
+    check "tar kept the source's modes, owners and mtimes (seen on mnt3)" \
+        meta_is_source "$M3/wl/tree"
     check "cp -a of the tree on mnt2 into a new directory" \
         timed "cp -a on mnt2" cp -a "$M2/wl/tree" "$M2/wl/copy"
     check "the copy equals the source (diff -r on mnt2)" tree_is_source "$M2/wl/copy"

@@ -275,3 +275,68 @@ Test(write_behind, writes_of_another_uid_are_proposed_apart)
     cr_assert_eq(memcmp(fk.data[6], "aaaabbbb", 8), 0);
     close_wb(w);
 }
+
+/* A carrier for wb_carry: proposes the extent through the fake (so the
+ * overlap check sees it) and records what it was handed. */
+struct carry_arg {
+    bool called, had_extent;
+    uint64_t offset;
+    size_t len;
+    int64_t request_rc;
+};
+
+static int64_t fake_carry(void *arg, const struct wb_extent_view *e, int *write_rc)
+{
+    struct carry_arg *c = arg;
+    c->called = true;
+    c->had_extent = e != NULL;
+    if (e) {
+        c->offset = e->offset;
+        c->len = e->len;
+        *write_rc = fake_propose(&fk, e);
+    }
+    return c->request_rc;
+}
+
+Test(write_behind, carry_hands_over_the_buffered_extent_after_the_inflight_ones)
+{
+    struct wb *w = open_wb(4096, 16384, 1 << 20, 10000, 2);
+    fk.delay_us_max = 3000;
+    static uint8_t want[16384 + 100];
+    fill(want, sizeof want, 3);
+    /* A whole chunk goes in flight on a worker; the 100 bytes after it stay
+     * buffered, and are carried only once the chunk is applied. */
+    cr_assert_eq(wb_write(w, 3, 0, want, sizeof want, 0, 0), 0);
+    struct carry_arg c = {.request_rc = 42};
+    cr_assert_eq(wb_carry(w, 3, fake_carry, &c), 42);
+    cr_assert(c.had_extent);
+    cr_assert_eq(c.offset, 16384);
+    cr_assert_eq(c.len, 100);
+    cr_assert_not(fk.overlap_seen);
+    cr_assert_eq(fk.size[3], sizeof want);
+    cr_assert_eq(memcmp(fk.data[3], want, sizeof want), 0);
+    cr_assert_not(wb_pending(w, 3), "nothing left buffered, in flight or kept");
+    struct wb_stats st;
+    wb_stats(w, &st);
+    cr_assert_eq(st.bytes_pending, 0);
+    /* Nothing buffered: the request alone. */
+    c = (struct carry_arg){.request_rc = -EPERM};
+    cr_assert_eq(wb_carry(w, 3, fake_carry, &c), -EPERM);
+    cr_assert(c.called);
+    cr_assert_not(c.had_extent);
+    close_wb(w);
+}
+
+Test(write_behind, a_carried_extent_that_fails_is_kept_for_sync)
+{
+    struct wb *w = open_wb(4096, 16384, 1 << 20, 10000, 2);
+    fk.fail_ino = 7;
+    cr_assert_eq(wb_write(w, 7, 0, "abc", 3, 0, 0), 0);
+    struct carry_arg c = {.request_rc = 0};
+    cr_assert_eq(wb_carry(w, 7, fake_carry, &c), 0, "the request's own result");
+    cr_assert(c.had_extent);
+    cr_assert_eq(wb_write(w, 7, 3, "d", 1, 0, 0), -EIO, "later writes fail");
+    cr_assert_eq(wb_sync(w, 7), -EIO, "and fsync reports it");
+    cr_assert_eq(wb_sync(w, 7), 0);
+    close_wb(w);
+}

@@ -115,7 +115,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int64_t res = fsm_apply(fs, data, size, &ch);
     ASSERT(res >= -4095);
     ASSERT(ch.n_inodes <= FSM_CHANGES_MAX && ch.n_entries <= 4);
-    if (res < 0)
+    bool carried = op.type == FSM_OP_WRITE && (op.flags & FSM_WRITE_SETATTR);
+    if (res < 0 || (carried && fsm_carried_write_rc(res) < 0 && fsm_carried_setattr_rc(res) < 0))
         ASSERT(fsm_digest(fs) == before); /* a failed op changes nothing */
 
     poke(FSM_ROOT_INO, 0);
