@@ -68,6 +68,9 @@ struct node {
 };
 
 static struct node nodes[N + 1];
+/* Guards nodes[i].r against the senders (mem_send, on every replica's
+ * thread) while the test thread opens or closes node i. */
+static pthread_rwlock_t nodes_lock = PTHREAD_RWLOCK_INITIALIZER;
 /* cut[i]: node i neither sends nor receives. deaf[i]: it sends, but
  * nothing reaches it. */
 static atomic_bool cut[N + 1];
@@ -185,10 +188,14 @@ static void sm_snapshot_needed(void *ctx, uint32_t from, uint64_t slot)
 static int mem_send(void *ctx, const struct px_msg *m)
 {
     (void)ctx;
-    if (m->to < 1 || m->to > N || cut[m->from] || cut[m->to] || deaf[m->to] || !nodes[m->to].r)
+    if (m->to < 1 || m->to > N || cut[m->from] || cut[m->to] || deaf[m->to])
         return -ENOTCONN;
-    replica_receive(nodes[m->to].r, m);
-    return 0;
+    pthread_rwlock_rdlock(&nodes_lock);
+    struct replica *to = nodes[m->to].r;
+    if (to)
+        replica_receive(to, m);
+    pthread_rwlock_unlock(&nodes_lock);
+    return to ? 0 : -ENOTCONN;
 }
 
 static void quiet(void *ctx, enum log_level level, const char *line)
@@ -250,14 +257,18 @@ static void node_open(int id)
     int rc = replica_open(&c, &r);
     cr_assert_eq(rc, 0, "replica_open: %s", strerror(-rc));
     cr_assert_eq(replica_start(r), 0);
+    pthread_rwlock_wrlock(&nodes_lock);
     nd->r = r;
+    pthread_rwlock_unlock(&nodes_lock);
 }
 
 static void node_close(int id)
 {
+    /* Once the pointer is gone under the lock, no sender holds it. */
+    pthread_rwlock_wrlock(&nodes_lock);
     struct replica *r = nodes[id].r;
     nodes[id].r = NULL;
-    usleep(20000); /* let in-flight sends to it finish */
+    pthread_rwlock_unlock(&nodes_lock);
     replica_close(r);
 }
 
