@@ -760,6 +760,50 @@ Test(fsm, a_carried_setattr_is_applied_even_when_its_write_fails_and_each_result
     cr_assert_eq(fsm_carried_setattr_rc(-EBADMSG), -EBADMSG);
 }
 
+/* Appends the FSM_WRITE_BLOCKS entry of one block to b: encoded by the
+ * store as a proposer does, or a hole (NULL). */
+static void put_block_entry(struct buf *b, const uint8_t *block)
+{
+    struct store_name name = STORE_NAME_NONE;
+    size_t fmax = store_file_max(BS), len = 0;
+    uint8_t *file = malloc(fmax);
+    if (block)
+        cr_assert_eq(store_encode(st, block, BS, &name, file, fmax, &len), 0);
+    buf_put(b, name.b, STORE_NAME_LEN);
+    buf_put_u32(b, (uint32_t)len);
+    if (len)
+        buf_put(b, file, len);
+    free(file);
+}
+
+Test(fsm, an_encoded_blocks_write_carries_a_setattr_too)
+{
+    int64_t f = do_create(FSM_ROOT_INO, "f");
+    uint8_t *block = malloc(BS), *got = malloc(2 * BS);
+    for (uint32_t i = 0; i < BS; i++)
+        block[i] = (uint8_t)(i * 7 + 1);
+    struct buf b;
+    buf_init(&b);
+    put_block_entry(&b, NULL);
+    put_block_entry(&b, block);
+    struct fsm_op op = {.type = FSM_OP_WRITE, .ino = (uint64_t)f, .offset = BS,
+                        .data = b.data, .data_len = (uint32_t)b.len,
+                        .flags = FSM_WRITE_BLOCKS | FSM_WRITE_SETATTR,
+                        .then_set = FSM_SET_MTIME | FSM_SET_MODE,
+                        .attr = {.mode = 0604, .mtime_ns = 33}};
+    cr_assert_eq(apply(&op), 0);
+    struct fsm_attr a = attr_of((uint64_t)f);
+    cr_assert_eq(a.size, 3 * BS);
+    cr_assert_eq(a.mode, S_IFREG | 0604);
+    cr_assert_eq(a.mtime_ns, 33);
+    read_exact((uint64_t)f, BS, 2 * BS, got);
+    cr_assert(all_zero(got, BS), "the hole entry reads as zeros");
+    cr_assert_eq(memcmp(got + BS, block, BS), 0);
+    buf_deinit(&b);
+    free(block);
+    free(got);
+}
+
 Test(fsm, a_carried_setattr_must_have_a_mask_of_known_bits_and_no_append)
 {
     struct fsm_op op = {.type = FSM_OP_WRITE, .ino = 2, .data = (const uint8_t *)"x",
