@@ -147,8 +147,8 @@ fi
 
 cat <<EOF
 
-The cluster is up: demo/mnt1, demo/mnt2 and demo/mnt3 are one shared
-directory. Try writing in one and reading in another, or stop a node:
+The cluster is up: $demo/mnt1, $demo/mnt2 and $demo/mnt3 are one
+shared directory. Try writing in one and reading in another, or stop a node:
   kill \$(sed -n 2p $demo/pids)      # node 2 goes down; mnt1 and mnt3 go on
 Stop everything with: tools/quickstart.sh stop
 EOF
