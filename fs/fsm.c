@@ -1535,15 +1535,9 @@ static int64_t op_write_setattr(struct fsm *f, const struct fsm_op *op, struct f
 {
     struct fsm_op part = *op;
     part.flags &= ~FSM_WRITE_SETATTR;
-    part.then_set = 0;
     int64_t write_rc = op_write(f, &part, ch);
-    part = *op;
-    part.type = FSM_OP_SETATTR;
+    part.type = FSM_OP_SETATTR; /* which reads ino, flags, attr, uid and now_ns */
     part.flags = op->then_set;
-    part.then_set = 0;
-    part.offset = 0;
-    part.data = NULL;
-    part.data_len = 0;
     int64_t setattr_rc = op_setattr(f, &part, ch);
     return fsm_carried_result(write_rc, setattr_rc);
 }

@@ -1415,8 +1415,9 @@ static int64_t propose_write(struct mnt *m, const struct fsm_op *proto, const ui
             rc = mnt_propose(m, &op);
         }
         if (op.flags & FSM_WRITE_SETATTR) {
+            int write_rc = fsm_carried_write_rc(rc);
             *setattr_rc = fsm_carried_setattr_rc(rc);
-            rc = fsm_carried_write_rc(rc) < 0 ? fsm_carried_write_rc(rc) : (int64_t)n;
+            rc = write_rc < 0 ? write_rc : (int64_t)n;
         }
         if (rc < 0)
             break;
