@@ -103,6 +103,7 @@ struct replica {
 
     pthread_mutex_t lock;
     pthread_cond_t wake;
+    bool asleep; /* the replica thread waits on wake: see wake_replica_locked */
     bool stop;
     bool failed;
     /* inbox, guarded by lock */
@@ -430,16 +431,19 @@ static void fail_all(struct replica *r, int status)
     }
 }
 
-/* Called with r->lock held, which it releases: waits until w completes or
- * the op timeout passes; on timeout w is taken out of whatever list holds
- * it. Destroying w after a completed wait is safe: glibc's sem_post no
+/* Called with r->lock held, which it releases (then wakes the replica
+ * thread if `wake` says so): waits until w completes or the op timeout
+ * passes; on timeout w is taken out of whatever list holds it. Destroying w after a completed wait is safe: glibc's sem_post no
  * longer touches the semaphore once a sem_wait can have returned
  * (glibc bug 12674, fixed in 2.21). */
-static int wait_done(struct replica *r, struct waiter *w, struct waiter **lists[], size_t n_lists)
+static int wait_done(struct replica *r, struct waiter *w, struct waiter **lists[], size_t n_lists,
+                     bool wake)
 {
     struct timespec dl;
     deadline_in_ms(&dl, r->cfg.op_timeout_ms ? r->cfg.op_timeout_ms : 30000);
     pthread_mutex_unlock(&r->lock);
+    if (wake)
+        pthread_cond_signal(&r->wake);
     int rc;
     while ((rc = sem_clockwait(&w->posted, CLOCK_MONOTONIC, &dl)) != 0 && errno == EINTR)
         continue;
@@ -457,6 +461,18 @@ static int wait_done(struct replica *r, struct waiter *w, struct waiter **lists[
     }
     pthread_mutex_unlock(&r->lock);
     return rc;
+}
+
+/* Called with r->lock held, after adding work for the replica thread: true
+ * if the thread must be woken, which the caller does after unlocking. Only
+ * the first producer since the thread went to sleep wakes it, and outside
+ * the lock: a thread woken under the lock would at once block on it, and
+ * cost a second wakeup when it is released. */
+static bool wake_replica_locked(struct replica *r)
+{
+    bool wake = r->asleep;
+    r->asleep = false;
+    return wake;
 }
 
 static void waiter_init(struct waiter *w)
@@ -479,9 +495,9 @@ int replica_propose(struct replica *r, const void *data, size_t len, int64_t *re
     } else {
         w.next = r->new_props;
         r->new_props = &w;
-        pthread_cond_signal(&r->wake);
+        bool wake = wake_replica_locked(r);
         struct waiter **lists[] = {&r->new_props, &r->backlog};
-        rc = wait_done(r, &w, lists, ARRAY_LEN(lists));
+        rc = wait_done(r, &w, lists, ARRAY_LEN(lists), wake);
     }
     sem_destroy(&w.posted);
     if (rc == 0)
@@ -501,9 +517,9 @@ int replica_read_barrier(struct replica *r)
     } else {
         w.next = r->new_reads;
         r->new_reads = &w;
-        pthread_cond_signal(&r->wake);
+        bool wake = wake_replica_locked(r);
         struct waiter **lists[] = {&r->new_reads, &r->reading};
-        rc = wait_done(r, &w, lists, ARRAY_LEN(lists));
+        rc = wait_done(r, &w, lists, ARRAY_LEN(lists), wake);
     }
     sem_destroy(&w.posted);
     return rc;
@@ -518,8 +534,10 @@ void replica_receive(struct replica *r, const struct px_msg *m)
         ASSERT(r->in_msgs != NULL);
     }
     px_msg_copy(&r->in_msgs[r->n_in++], m);
-    pthread_cond_signal(&r->wake);
+    bool wake = wake_replica_locked(r);
     pthread_mutex_unlock(&r->lock);
+    if (wake)
+        pthread_cond_signal(&r->wake);
 }
 
 void replica_peer_down(struct replica *r, uint32_t peer)
@@ -528,8 +546,10 @@ void replica_peer_down(struct replica *r, uint32_t peer)
         return;
     pthread_mutex_lock(&r->lock);
     r->peers_down |= 1u << (peer - 1);
-    pthread_cond_signal(&r->wake);
+    bool wake = wake_replica_locked(r);
     pthread_mutex_unlock(&r->lock);
+    if (wake)
+        pthread_cond_signal(&r->wake);
 }
 
 void replica_status(struct replica *r, struct replica_status *st)
@@ -723,6 +743,7 @@ static void call_complete(struct call *c, int status, uint64_t slot)
 static void *snapper_main(void *arg)
 {
     struct replica *r = arg;
+    pthread_setname_np(pthread_self(), "paxfs-snapshot");
     pthread_mutex_lock(&r->lock);
     for (;;) {
         while (!r->stop && !(r->snap_busy && !r->snap_result_ready) && !r->wal_cut_lsn)
@@ -1229,6 +1250,7 @@ static void publish_status(struct replica *r)
 static void *replica_main(void *arg)
 {
     struct replica *r = arg;
+    pthread_setname_np(pthread_self(), "paxfs-replica");
     struct timespec next_tick;
     deadline_in_ms(&next_tick, r->cfg.tick_ms);
     /* The committed log comes back first: the state machine is rebuilt. */
@@ -1237,8 +1259,11 @@ static void *replica_main(void *arg)
     while (!r->stop && rc == 0) {
         if (!r->n_in && !r->peers_down && !r->new_props && !r->new_reads &&
             !r->install_call && !(r->snap_call && !r->snap_busy) && !r->snap_result_ready &&
-            !r->wal_cut_rc)
+            !r->wal_cut_rc) {
+            r->asleep = true;
             pthread_cond_timedwait(&r->wake, &r->lock, &next_tick);
+            r->asleep = false;
+        }
         struct px_msg *msgs;
         size_t n_msgs;
         uint32_t down;

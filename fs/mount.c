@@ -181,6 +181,7 @@ struct mnt {
     size_t q_head, q_len;
     uint64_t q_enq, q_done, q_dropped;
     bool q_stop;
+    bool q_asleep;              /* the notifier waits on q_cond */
     bool notifier_running;
     pthread_t notifier;
 
@@ -461,8 +462,13 @@ static void inval_push(struct mnt *m, bool entry, uint64_t ino, const char *name
     it->name[len] = 0;
     m->q_len++;
     m->q_enq++;
-    pthread_cond_signal(&m->q_cond);
+    /* Woken once per batch, and outside the lock: woken under it, the
+     * notifier would block on the lock at once and need a second wakeup. */
+    bool wake = m->q_asleep;
+    m->q_asleep = false;
     pthread_mutex_unlock(&m->q_lock);
+    if (wake)
+        pthread_cond_signal(&m->q_cond);
 }
 
 /* After one apply: tells the kernel about what changed, unless this node
@@ -502,11 +508,14 @@ static void queue_changes(struct mnt *m, const uint8_t *data, size_t len,
 static void *notifier_main(void *arg)
 {
     struct mnt *m = arg;
+    pthread_setname_np(pthread_self(), "paxfs-inval");
     struct inval it;
     pthread_mutex_lock(&m->q_lock);
     while (!m->q_stop) {
         if (m->q_len == 0) {
+            m->q_asleep = true;
             pthread_cond_wait(&m->q_cond, &m->q_lock);
+            m->q_asleep = false;
             continue;
         }
         it = m->q[m->q_head];
@@ -742,6 +751,7 @@ static void release_orphans(struct mnt *m, uint64_t *held)
 static void *orphan_main(void *arg)
 {
     struct mnt *m = arg;
+    pthread_setname_np(pthread_self(), "paxfs-orphans");
     uint64_t *held = calloc(MNT_ORPHANS_PER_RELEASE, sizeof *held);
     ASSERT(held != NULL);
     pthread_mutex_lock(&m->stop_lock);

@@ -10,8 +10,10 @@
  *                (s->buffered)          (s->inflight and w->queue)  (s->inflight)
  *
  * submit() is called by wb_write (chunk full, or a write elsewhere in the
- * file), by wb_drain/wb_sync, by a worker's timer (delay_ms) and by
- * wb_close. wb_carry takes a BUFFERED extent straight to PROPOSING, on its
+ * file), by wb_drain/wb_sync, by the timer (delay_ms) and by wb_close.
+ * The timer is whichever one worker waits with a timeout, and only while an
+ * inode has a record: an idle write-behind wakes nobody, and a busy one
+ * wakes one worker per delay_ms, not all of them. wb_carry takes a BUFFERED extent straight to PROPOSING, on its
  * caller's thread. An inode's record lives while it has a buffered extent, an
  * in-flight one, a kept error or a waiter. */
 #include "fs/write_behind.h"
@@ -60,6 +62,7 @@ struct wb {
     struct wb_ext *queue_head, *queue_tail;
     size_t bytes;              /* buffered + in flight */
     uint64_t last_scan_ns;
+    bool timer_armed;          /* a worker waits with a timeout */
     bool stop;
     pthread_t *workers;
     unsigned workers_started;
@@ -234,6 +237,7 @@ static void finish(struct wb *w, struct wb_ext *e, int rc)
 static void *worker_main(void *arg)
 {
     struct wb *w = arg;
+    pthread_setname_np(pthread_self(), "paxfs-writeback");
     pthread_mutex_lock(&w->lock);
     for (;;) {
         submit_aged(w);
@@ -241,7 +245,13 @@ static void *worker_main(void *arg)
         if (!e) {
             if (w->stop)
                 break;
-            timed_wait(&w->work_cond, &w->lock, w->cfg.delay_ms);
+            if (w->inodes > 0 && !w->timer_armed) {
+                w->timer_armed = true;
+                timed_wait(&w->work_cond, &w->lock, w->cfg.delay_ms);
+                w->timer_armed = false;
+            } else {
+                pthread_cond_wait(&w->work_cond, &w->lock);
+            }
             continue;
         }
         w->queue_head = e->next_queued;
@@ -342,6 +352,8 @@ static void buffer_write(struct wb *w, struct wb_inode *s, uint64_t offset, cons
         e->inode = s;
         e->born_ns = clock_now_ns();
         s->buffered = e;
+        if (!w->timer_armed)
+            pthread_cond_signal(&w->work_cond); /* a worker becomes the timer */
     }
     size_t at = (size_t)(offset - e->offset);
     size_t end = MAX(e->len, at + len);

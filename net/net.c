@@ -149,6 +149,7 @@ struct net {
     struct net_config cfg;
     SSL_CTX *ssl_ctx;
     int ep, listen_fd, wake_fd;
+    atomic_bool wake_pending; /* wake_fd was written since the loop drained it */
     uint16_t port;
     pthread_t thread;
     bool started, joined;
@@ -1275,6 +1276,9 @@ static void wake_drain(struct net *n)
     uint64_t v;
     ssize_t r = read(n->wake_fd, &v, sizeof v); /* one read resets the counter */
     (void)r; /* EAGAIN: a wake already drained in this round */
+    /* Cleared before the kicks are read: a kick set after this point
+     * writes wake_fd again, one set before it is seen below. */
+    atomic_store(&n->wake_pending, false);
     for (uint32_t k = 1; k <= n->cfg.n_nodes; k++) {
         struct peer *p = &n->peers[k];
         if (k == n->cfg.id)
@@ -1437,6 +1441,7 @@ static void close_all(struct net *n)
 static void *loop_main(void *arg)
 {
     struct net *n = arg;
+    pthread_setname_np(pthread_self(), "paxfs-net");
     /* A write to a socket the peer reset raises SIGPIPE in the writing
      * thread; blocked here, the write just fails with EPIPE, and the
      * process's own handling of SIGPIPE is left alone. */
@@ -1667,8 +1672,12 @@ int net_start(struct net *n)
     return 0;
 }
 
+/* One write per loop round at most: a proposer's message to every peer, or
+ * many replies, cost the loop one wakeup and the senders one syscall. */
 static void wake(struct net *n)
 {
+    if (atomic_exchange(&n->wake_pending, true))
+        return;
     uint64_t one = 1;
     ssize_t w = write(n->wake_fd, &one, sizeof one);
     (void)w; /* EAGAIN: the counter is saturated, the loop is awake anyway */
