@@ -13,7 +13,25 @@
  * never raises its ballot, and when it comes back it follows the leader
  * instead of deposing it (the Raft thesis §9.6 pre-vote, in Paxos terms).
  * Acceptors that heard a leader within ticks_election refuse both rounds to
- * anyone else (the leader's lease). */
+ * anyone else (the leader's lease), and so does an acceptor for its first
+ * ticks_election after it starts: before a crash it may have honoured a
+ * lease that it no longer remembers.
+ *
+ * Lease reads. The leader counts a heartbeat acknowledged by a quorum as a
+ * lease for lease_ticks (ticks_election / 2) from the tick it was *sent*:
+ * every acceptor of that quorum received it later and refuses other
+ * candidates for ticks_election of its own ticks after that, so no other
+ * leader can be chosen, nor anything committed without this leader, while
+ * the lease runs. A read index asked while it runs is answered at once with
+ * the commit index (Raft thesis §6.4.1), with no heartbeat round. Safe while
+ * the nodes' tick periods differ by less than about 2x, and while the
+ * leader's ticks keep up with real time: the driver calls px_clock_stalled
+ * whenever they fell a tick behind (a stalled thread), which voids the
+ * lease until heartbeats sent after it are acknowledged. A follower that loses its
+ * connection to the leader by the leader's doing (px_peer_lost, by_peer)
+ * stops honouring the lease at once (fast failover): the leader drops that
+ * follower from its lease before its side closes, and counts from it only
+ * heartbeats sent after that. */
 #include "consensus/px.h"
 
 #include <errno.h>
@@ -199,6 +217,10 @@ struct fwd_read {
     uint64_t asked_tick;
 };
 
+/* Heartbeats whose send tick the leader remembers for its lease: more than
+ * are in flight at once, with acks answered within a few ticks. */
+#define PX_HB_RING 32
+
 struct read_req {
     uint64_t id;
     uint32_t from;     /* 0: this node asked */
@@ -281,6 +303,16 @@ struct px_node {
     uint64_t commit_sent;
     uint64_t peer_heard[PX_NODES_MAX + 1];
     uint64_t peer_hb_acked[PX_NODES_MAX + 1];
+    /* the lease: the tick each recent heartbeat went out at, and per peer
+     * the tick its share of the lease runs out at (0: none) and the last
+     * heartbeat sent before the connection to it was lost (acks of that one
+     * and earlier no longer count) */
+    struct hb_sent {
+        uint64_t seq, tick;
+    } hb_sent[PX_HB_RING];
+    uint32_t lease_ticks;
+    uint64_t lease_until[PX_NODES_MAX + 1];
+    uint64_t lease_floor_seq[PX_NODES_MAX + 1];
 
     /* leader's queue of proposals not yet in a slot */
     struct px_value **queue;
@@ -336,6 +368,7 @@ static void tick_follower(struct px_node *n);
 static void tick_candidate(struct px_node *n);
 static void tick_leader(struct px_node *n);
 static void become_follower(struct px_node *n);
+static void lease_clear(struct px_node *n);
 
 static inline uint32_t node_bit(uint32_t id) { return 1u << (id - 1); }
 
@@ -725,9 +758,12 @@ static void learn_commit(struct px_node *n, uint32_t from, uint64_t ballot, uint
 
 /* ---- the acceptor (every role) ----------------------------------------- */
 
-/* A live leader other than `who` holds a lease on this node. */
+/* A live leader other than `who` holds a lease on this node, or may hold
+ * one that this node promised before it restarted. */
 static bool lease_held_against(const struct px_node *n, uint32_t who)
 {
+    if (who != n->cfg.id && n->now < n->cfg.ticks_election)
+        return true;
     return n->leader != 0 && n->leader != who &&
            n->ticks_since_leader < n->cfg.ticks_election;
 }
@@ -985,6 +1021,7 @@ static void tick_follower(struct px_node *n)
 
 static void become_follower(struct px_node *n)
 {
+    lease_clear(n);
     if (n->role == PX_LEADER) {
         LOG_D("node=%u event=step_down ballot=%llu", n->cfg.id, (unsigned long long)n->ballot);
         queue_clear(n);
@@ -1213,6 +1250,7 @@ static void become_leader(struct px_node *n)
         n->peer_heard[p] = n->now;
         n->peer_hb_acked[p] = 0;
     }
+    lease_clear(n);
     /* Phase 2a for every slot the promises spoke of (P2): the highest
      * ballot's value, or a no-op to fill a gap. */
     uint64_t first = n->commit + 1;
@@ -1289,6 +1327,7 @@ static void leader_flush(struct px_node *n)
 static void broadcast_heartbeat(struct px_node *n)
 {
     n->hb_seq++;
+    n->hb_sent[n->hb_seq % PX_HB_RING] = (struct hb_sent){n->hb_seq, n->now};
     for (uint32_t p = 1; p <= n->cfg.n_nodes; p++) {
         if (!is_peer(n, p))
             continue;
@@ -1301,22 +1340,56 @@ static void broadcast_heartbeat(struct px_node *n)
     n->hb_now = false;
 }
 
+/* A peer acknowledged heartbeat seq: its share of the lease runs from the
+ * tick that heartbeat was sent. */
+static void lease_extend(struct px_node *n, uint32_t peer, uint64_t seq)
+{
+    const struct hb_sent *h = &n->hb_sent[seq % PX_HB_RING];
+    if (h->seq != seq || seq <= n->lease_floor_seq[peer])
+        return;
+    n->lease_until[peer] = MAX(n->lease_until[peer], h->tick + n->lease_ticks);
+}
+
+/* The leader holds the lease: a quorum (itself included) acknowledged
+ * heartbeats sent less than lease_ticks ago. */
+static bool lease_valid(const struct px_node *n)
+{
+    uint32_t holders = 1;
+    for (uint32_t p = 1; p <= n->cfg.n_nodes; p++)
+        if (is_peer(n, p) && n->now < n->lease_until[p])
+            holders++;
+    return n->lease_ticks > 0 && holders >= n->quorum;
+}
+
+/* No lease until heartbeats sent from now on are acknowledged. */
+static void lease_clear(struct px_node *n)
+{
+    for (uint32_t p = 1; p <= n->cfg.n_nodes; p++) {
+        n->lease_until[p] = 0;
+        n->lease_floor_seq[p] = n->hb_seq;
+    }
+}
+
 /* Read index (Raft thesis §6.4): the commit index at the time of the request
  * is safe to read at once a quorum has answered a heartbeat sent after it,
- * proving no other leader had been chosen meanwhile. A new leader first
+ * proving no other leader had been chosen meanwhile; or at once, while the
+ * leader holds its lease (§6.4.1; the top of this file). A new leader first
  * finishes recovering the slots it inherited. */
 static void leader_reads_progress(struct px_node *n)
 {
     size_t k = 0;
     for (size_t i = 0; i < n->n_reads; i++) {
         struct read_req *rq = &n->reads[i];
+        bool confirmed = false;
         if (rq->need_seq == 0 && leader_recovered(n)) {
             rq->index = n->commit;
-            rq->need_seq = n->hb_seq + 1;
-            n->hb_now = true;
-        }
-        bool confirmed = false;
-        if (rq->need_seq != 0) {
+            if (lease_valid(n)) {
+                confirmed = true;
+            } else {
+                rq->need_seq = n->hb_seq + 1;
+                n->hb_now = true;
+            }
+        } else if (rq->need_seq != 0) {
             uint32_t acks = 1;
             for (uint32_t p = 1; p <= n->cfg.n_nodes; p++)
                 if (is_peer(n, p) && n->peer_hb_acked[p] >= rq->need_seq)
@@ -1369,6 +1442,7 @@ static int step_leader(struct px_node *n, const struct px_msg *m)
             return 0;
         n->peer_heard[m->from] = n->now;
         n->peer_hb_acked[m->from] = MAX(n->peer_hb_acked[m->from], m->aux);
+        lease_extend(n, m->from, m->aux);
         leader_reads_progress(n);
         return 0;
     case PX_MSG_REJECT:
@@ -1445,6 +1519,7 @@ struct px_node *px_new(const struct px_config *cfg)
     ASSERT(n != NULL);
     n->cfg = *cfg;
     n->quorum = cfg->n_nodes / 2 + 1;
+    n->lease_ticks = cfg->ticks_election / 2;
     prng_seed(&n->rng, cfg->seed ^ ((uint64_t)cfg->id << 32));
     n->cap = 1024;
     n->recs = calloc(n->cap, sizeof *n->recs);
@@ -1630,12 +1705,27 @@ void px_read_index(struct px_node *n, uint64_t id)
     }
 }
 
-void px_peer_unreachable(struct px_node *n, uint32_t peer)
+void px_clock_stalled(struct px_node *n)
 {
-    if (!is_peer(n, peer) || n->leader != peer || n->role != PX_FOLLOWER)
+    lease_clear(n);
+}
+
+void px_peer_lost(struct px_node *n, uint32_t peer, bool by_peer)
+{
+    if (!is_peer(n, peer))
         return;
-    /* The lease protects a live leader; a closed connection says it is not.
-     * Probe after a short random delay instead of a full timeout. */
+    /* The peer may stop honouring the lease (below, on its side): not
+     * counted in it again before it acknowledges a later heartbeat. */
+    n->lease_until[peer] = 0;
+    n->lease_floor_seq[peer] = n->hb_seq;
+    if (!by_peer || n->leader != peer || n->role != PX_FOLLOWER)
+        return;
+    /* The lease protects a live leader; the leader's process closing the
+     * connection (or dying) says it is not, and a live leader stopped
+     * counting this node in its lease before it closed (above). Probe after
+     * a short random delay instead of a full timeout. A connection this
+     * node gave up on (an error, a timeout) says nothing of the kind: the
+     * lease is waited out. */
     n->ticks_since_leader = n->cfg.ticks_election;
     n->leader = 0;
     n->election_timeout = (uint32_t)prng_range(&n->rng, 1, MAX(2u, n->cfg.ticks_election / 4));

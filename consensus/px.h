@@ -264,9 +264,17 @@ void px_tick(struct px_node *n);
 int px_propose(struct px_node *n, const void *data, size_t len, uint64_t *seq);
 /* Asks for a read index; the answer arrives in a later ready's reads[]. */
 void px_read_index(struct px_node *n, uint64_t id);
-/* The transport lost its connection to peer: if it is the leader, do not
- * wait out the lease (fast failover). */
-void px_peer_unreachable(struct px_node *n, uint32_t peer);
+/* The transport lost a connection to peer. Call it before this node's side
+ * of the connection closes: a leader stops counting peer in its lease.
+ * by_peer: the peer's side ended it (its process closed it, or died), not
+ * this node (an error it found, a timeout); then, if peer is the leader,
+ * this node does not wait out the lease (fast failover). */
+void px_peer_lost(struct px_node *n, uint32_t peer, bool by_peer);
+/* The caller's ticks fell behind real time (it stalled): a lease the core
+ * holds is void until heartbeats sent from now on renew it. The lease is
+ * safe only if the caller says so whenever it is a tick or more behind,
+ * and reads the clock for that just before it asks for read indexes. */
+void px_clock_stalled(struct px_node *n);
 /* The state machine took a snapshot covering every slot <= slot (<= applied):
  * the core may forget those slots, and sends peers that need them to a
  * snapshot instead. */

@@ -109,7 +109,8 @@ struct replica {
     /* inbox, guarded by lock */
     struct px_msg *in_msgs;
     size_t n_in, cap_in;
-    uint32_t peers_down; /* bitmask */
+    uint32_t peers_lost;  /* bitmask: connections lost (px_peer_lost) */
+    uint32_t peers_ended; /* bitmask: of those, ended by the peer */
     struct waiter *new_props, *new_reads;
     /* in progress, guarded by lock; only the replica thread moves them */
     struct waiter *backlog;         /* proposals the core had no room for */
@@ -540,12 +541,14 @@ void replica_receive(struct replica *r, const struct px_msg *m)
         pthread_cond_signal(&r->wake);
 }
 
-void replica_peer_down(struct replica *r, uint32_t peer)
+void replica_peer_lost(struct replica *r, uint32_t peer, bool by_peer)
 {
     if (peer < 1 || peer > PX_NODES_MAX)
         return;
     pthread_mutex_lock(&r->lock);
-    r->peers_down |= 1u << (peer - 1);
+    r->peers_lost |= 1u << (peer - 1);
+    if (by_peer)
+        r->peers_ended |= 1u << (peer - 1);
     bool wake = wake_replica_locked(r);
     pthread_mutex_unlock(&r->lock);
     if (wake)
@@ -1177,14 +1180,16 @@ const char *replica_snap_dir(const struct replica *r)
 }
 
 /* Feeds the core from the inbox (r->lock held on entry and exit). */
-static void take_inbox(struct replica *r, struct px_msg **msgs, size_t *n_msgs, uint32_t *down)
+static void take_inbox(struct replica *r, struct px_msg **msgs, size_t *n_msgs, uint32_t *lost,
+                       uint32_t *ended)
 {
     *msgs = r->in_msgs;
     *n_msgs = r->n_in;
     r->in_msgs = NULL;
     r->n_in = r->cap_in = 0;
-    *down = r->peers_down;
-    r->peers_down = 0;
+    *lost = r->peers_lost;
+    *ended = r->peers_ended;
+    r->peers_lost = r->peers_ended = 0;
     /* New proposals go behind any backlog, in arrival order. */
     struct waiter *rev = NULL;
     while (r->new_props) {
@@ -1247,27 +1252,56 @@ static void publish_status(struct replica *r)
     r->status.log_first = ps.log_first;
 }
 
+/* Ticks keep to the clock: each is due tick_ms after the one before, not
+ * after the moment it ran, so that small delays do not add up. When the
+ * thread falls a whole tick behind (a slow fsync, the scheduler, SIGSTOP)
+ * the core is told: its lease counts ticks, and may not count a stall as
+ * no time. The missed ticks are not made up: the core's timers would take
+ * the stall for silence from its peers, whose messages wait in the inbox. */
+static void tick_if_due(struct replica *r, uint64_t *next_tick_ns)
+{
+    uint64_t tick_ns = (uint64_t)r->cfg.tick_ms * 1000000u;
+    uint64_t now = clock_now_ns();
+    if (now < *next_tick_ns)
+        return;
+    px_tick(r->px);
+    *next_tick_ns += tick_ns;
+    if (now >= *next_tick_ns) {
+        px_clock_stalled(r->px);
+        *next_tick_ns = now + tick_ns;
+    }
+}
+
+/* Just before the core answers reads from its lease: a tick that fell due
+ * since tick_if_due means the thread stalled in between. */
+static void check_stall(struct replica *r, uint64_t next_tick_ns)
+{
+    if (clock_now_ns() > next_tick_ns)
+        px_clock_stalled(r->px);
+}
+
 static void *replica_main(void *arg)
 {
     struct replica *r = arg;
     pthread_setname_np(pthread_self(), "paxfs-replica");
-    struct timespec next_tick;
-    deadline_in_ms(&next_tick, r->cfg.tick_ms);
+    uint64_t next_tick_ns = clock_now_ns() + (uint64_t)r->cfg.tick_ms * 1000000u;
     /* The committed log comes back first: the state machine is rebuilt. */
     int rc = process_ready(r);
     pthread_mutex_lock(&r->lock);
     while (!r->stop && rc == 0) {
-        if (!r->n_in && !r->peers_down && !r->new_props && !r->new_reads &&
+        if (!r->n_in && !r->peers_lost && !r->new_props && !r->new_reads &&
             !r->install_call && !(r->snap_call && !r->snap_busy) && !r->snap_result_ready &&
             !r->wal_cut_rc) {
+            struct timespec until = {(time_t)(next_tick_ns / 1000000000u),
+                                     (long)(next_tick_ns % 1000000000u)};
             r->asleep = true;
-            pthread_cond_timedwait(&r->wake, &r->lock, &next_tick);
+            pthread_cond_timedwait(&r->wake, &r->lock, &until);
             r->asleep = false;
         }
         struct px_msg *msgs;
         size_t n_msgs;
-        uint32_t down;
-        take_inbox(r, &msgs, &n_msgs, &down);
+        uint32_t lost, ended;
+        take_inbox(r, &msgs, &n_msgs, &lost, &ended);
         /* The core is this thread's alone: the lock is only for the inbox
          * and the waiter lists, so step outside it, except for the lists. */
         pthread_mutex_unlock(&r->lock);
@@ -1277,18 +1311,12 @@ static void *replica_main(void *arg)
         }
         free(msgs);
         for (uint32_t p = 1; p <= PX_NODES_MAX; p++)
-            if (down & (1u << (p - 1)))
-                px_peer_unreachable(r->px, p);
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        bool tick = now.tv_sec > next_tick.tv_sec ||
-                    (now.tv_sec == next_tick.tv_sec && now.tv_nsec >= next_tick.tv_nsec);
-        if (tick) {
-            px_tick(r->px);
-            deadline_in_ms(&next_tick, r->cfg.tick_ms);
-        }
+            if (lost & (1u << (p - 1)))
+                px_peer_lost(r->px, p, ended & (1u << (p - 1)));
+        tick_if_due(r, &next_tick_ns);
         pthread_mutex_lock(&r->lock);
         propose_backlog(r);
+        check_stall(r, next_tick_ns);
         ask_read_indexes(r);
         pthread_mutex_unlock(&r->lock);
         rc = process_ready(r);

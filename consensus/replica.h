@@ -11,7 +11,7 @@
  * Threading. One replica thread owns the core and the WAL's write side;
  * nothing else touches them. Other threads talk to it through an inbox
  * under r->lock: the transport's thread hands in messages
- * (replica_receive) and peer failures (replica_peer_down); client threads
+ * (replica_receive) and peer failures (replica_peer_lost); client threads
  * hand in proposals (replica_propose) and read barriers
  * (replica_read_barrier) and sleep on their own condition variable until
  * the replica thread completes them or op_timeout passes. The state
@@ -169,8 +169,10 @@ void replica_close(struct replica *r);
 
 /* From the transport's thread: a message for this node (copied). */
 void replica_receive(struct replica *r, const struct px_msg *m);
-/* From the transport's thread: the connection to peer broke. */
-void replica_peer_down(struct replica *r, uint32_t peer);
+/* From the transport's thread, before its side of the connection closes:
+ * a connection with peer ended; by_peer if the peer's side ended it (see
+ * px_peer_lost). */
+void replica_peer_lost(struct replica *r, uint32_t peer, bool by_peer);
 
 /* Proposes data and waits until it is chosen and applied on this node;
  * *result is the state machine's result. -EIO after op_timeout (no quorum;

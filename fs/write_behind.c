@@ -10,7 +10,10 @@
  *                (s->buffered)          (s->inflight and w->queue)  (s->inflight)
  *
  * submit() is called by wb_write (chunk full, or a write elsewhere in the
- * file), by wb_drain/wb_sync, by the timer (delay_ms) and by wb_close.
+ * file), by the timer (delay_ms), by wb_close, and by wb_drain/wb_sync while
+ * some of the file is in flight; when none is, they take the BUFFERED
+ * extent straight to PROPOSING on their caller's thread, as wb_carry does:
+ * the caller waits for it anyway.
  * The timer is whichever one worker waits with a timeout, and only while an
  * inode has a record: an idle write-behind wakes nobody, and a busy one
  * wakes one worker per delay_ms, not all of them. wb_carry takes a BUFFERED extent straight to PROPOSING, on its
@@ -204,6 +207,31 @@ static void submit_aged(struct wb *w)
                 submit(w, s);
 }
 
+/* Takes s's buffered extent (if any) out of BUFFERED into flight, for the
+ * calling thread to propose. */
+static struct wb_ext *take_buffered(struct wb_inode *s)
+{
+    struct wb_ext *e = s->buffered;
+    if (e) {
+        s->buffered = NULL;
+        inflight_add(e);
+    }
+    return e;
+}
+
+static void finish(struct wb *w, struct wb_ext *e, int rc);
+
+/* Proposes e, in flight, with w->lock released meanwhile (held on entry and
+ * on return), then finishes it. */
+static void propose_unlocked(struct wb *w, struct wb_ext *e)
+{
+    struct wb_extent_view v = {e->inode->ino, e->offset, e->data, e->len, e->uid, e->gid};
+    pthread_mutex_unlock(&w->lock);
+    int rc = w->cfg.propose(w->cfg.ctx, &v);
+    pthread_mutex_lock(&w->lock);
+    finish(w, e, rc);
+}
+
 /* ---- workers ------------------------------------------------------------- */
 
 static void timed_wait(pthread_cond_t *c, pthread_mutex_t *m, unsigned ms)
@@ -257,11 +285,7 @@ static void *worker_main(void *arg)
         w->queue_head = e->next_queued;
         if (!w->queue_head)
             w->queue_tail = NULL;
-        struct wb_extent_view v = {e->inode->ino, e->offset, e->data, e->len, e->uid, e->gid};
-        pthread_mutex_unlock(&w->lock);
-        int rc = w->cfg.propose(w->cfg.ctx, &v);
-        pthread_mutex_lock(&w->lock);
-        finish(w, e, rc);
+        propose_unlocked(w, e);
     }
     pthread_mutex_unlock(&w->lock);
     return NULL;
@@ -417,7 +441,18 @@ static int drain(struct wb *w, uint64_t ino, bool forget_error)
     int rc = 0;
     struct wb_inode *s = inode_find(w, ino);
     if (s) {
-        submit(w, s);
+        /* With nothing of the file in flight, proposed here, not by a
+         * worker: a hand-off to a worker and back cost every close of a
+         * small file two thread switches. Otherwise queued behind what is
+         * in flight, so that the file's extents keep their order. */
+        struct wb_ext *e = s->inflight ? NULL : take_buffered(s);
+        if (e) {
+            s->waiters++; /* s outlives e's finish */
+            propose_unlocked(w, e);
+            s->waiters--;
+        } else {
+            submit(w, s);
+        }
         while (s->inflight)
             wait_done(w, s);
         rc = s->error;
@@ -448,13 +483,9 @@ int64_t wb_carry(struct wb *w, uint64_t ino, wb_carry_fn fn, void *arg)
         if (s) {
             while (s->inflight)
                 wait_done(w, s);
-            e = s->buffered;
-            if (e) {
-                s->buffered = NULL;
-                inflight_add(e); /* proposed by fn, not by a worker */
-            } else {
+            e = take_buffered(s); /* proposed by fn, not by a worker */
+            if (!e)
                 inode_put(w, s);
-            }
         }
         pthread_mutex_unlock(&w->lock);
     }

@@ -39,11 +39,11 @@ static void on_msg(void *ctx, uint32_t from, const struct px_msg *m)
         replica_receive(h->replica, m);
 }
 
-static void on_peer(void *ctx, uint32_t peer, bool up)
+static void on_peer(void *ctx, uint32_t peer, enum net_peer_event ev)
 {
     struct host *h = ctx;
-    if (!up)
-        replica_peer_down(h->replica, peer);
+    if (ev != NET_PEER_UP)
+        replica_peer_lost(h->replica, peer, ev == NET_PEER_ENDED);
 }
 
 /* An operator client's status query (net thread): replica_status is cheap

@@ -4,7 +4,7 @@
  * test and benchmark replicas share; it owns no policy of its own.
  *
  *   net thread ──on_msg──▶ replica_receive      replica thread ──send──▶ net_send_msg
- *              ──on_peer(down)──▶ replica_peer_down
+ *              ──on_peer(lost)──▶ replica_peer_lost
  *              ──on_frame(BULK)──▶ o->on_peer_frame  (fs: snapshot and block transfer)
  *              ──on_client_req──▶ o->on_client_req   (fs: `paxfs fsck` requests)
  *              ──on_status──▶ replica_status, then o->status_extra (fs: v2 fields)

@@ -111,6 +111,7 @@ struct conn {
     bool rd_wants_write;  /* SSL_read returned WANT_WRITE */
     bool wr_wants_read;   /* SSL_write returned WANT_READ */
     bool wr_blocked;      /* SSL_write returned WANT_WRITE */
+    bool ended_by_peer;   /* it failed because the peer closed it or died */
     enum conn_state state;
     uint32_t peer;        /* dialer: the node dialed; acceptor: from the certificate */
     uint32_t events;      /* registered epoll interest */
@@ -450,8 +451,6 @@ static void conn_close(struct conn *c, bool quiet)
             LOG_I("net peer down node=%u peer=%u addr=%s dropped=%u", n->cfg.id, c->peer,
                   c->remote, dropped);
             p->logged_down = true;
-            if (!quiet && n->cfg.on_peer)
-                n->cfg.on_peer(n->cfg.ctx, c->peer, false);
         }
         if (!quiet)
             schedule_dial(n, p);
@@ -461,9 +460,13 @@ static void conn_close(struct conn *c, bool quiet)
             p->in = NULL;
         if (was_open && !c->client)
             STAT_ADD(n, disconnects, 1);
-        if (c->slot)
-            client_slot_release(c);
     }
+    if (c->slot)
+        client_slot_release(c);
+    /* Before this side closes, so the listener hears of it before the peer
+     * can (px_peer_lost relies on that). */
+    if (was_open && p && !c->client && !quiet && n->cfg.on_peer)
+        n->cfg.on_peer(n->cfg.ctx, c->peer, c->ended_by_peer ? NET_PEER_ENDED : NET_PEER_LOST);
     if (c->ssl && !c->ssl_failed && SSL_is_init_finished(c->ssl)) {
         ERR_clear_error();
         SSL_shutdown(c->ssl); /* best effort close_notify; never waits */
@@ -542,6 +545,17 @@ static void conn_dial_failed(struct conn *c, const char *reason)
               c->remote, reason);
     p->logged_down = true;
     conn_close(c, false);
+}
+
+/* Whether the TLS operation that returned `err` failed because the peer
+ * ended the connection (close_notify, end of stream, reset), not because
+ * of an error found here. Read errno right after the call. */
+static bool ended_by_peer(int err)
+{
+    if (err == SSL_ERROR_SSL) /* OpenSSL 3 reports an end without close_notify so */
+        return ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING;
+    return err == SSL_ERROR_ZERO_RETURN ||
+           (err == SSL_ERROR_SYSCALL && (errno == 0 || errno == ECONNRESET || errno == EPIPE));
 }
 
 /* Why the TLS operation that returned `err` failed. */
@@ -663,6 +677,7 @@ static int conn_write_some(struct conn *c, const uint8_t *p, size_t len)
     }
     char reason[200];
     c->ssl_failed = err == SSL_ERROR_SSL || err == SSL_ERROR_SYSCALL;
+    c->ended_by_peer = ended_by_peer(err);
     tls_reason(c, err, reason, sizeof reason);
     if (c->state == C_OPEN || !c->outbound)
         conn_protocol_error(c, "write failed: %s", reason);
@@ -754,7 +769,7 @@ static void conn_open_outbound(struct conn *c)
     STAT_ADD(n, connects, 1);
     LOG_I("net peer up node=%u peer=%u addr=%s", n->cfg.id, c->peer, c->remote);
     if (n->cfg.on_peer)
-        n->cfg.on_peer(n->cfg.ctx, c->peer, true);
+        n->cfg.on_peer(n->cfg.ctx, c->peer, NET_PEER_UP);
 }
 
 /* True if a CLIENT_REQ of open client c is waiting for its answer. */
@@ -993,6 +1008,7 @@ static int conn_read(struct conn *c)
                 return 0;
             }
             c->ssl_failed = err == SSL_ERROR_SSL || err == SSL_ERROR_SYSCALL;
+            c->ended_by_peer = ended_by_peer(err);
             char reason[200];
             tls_reason(c, err, reason, sizeof reason);
             bool mid_frame = net_frame_rx_partial(&c->rx);

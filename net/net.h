@@ -139,9 +139,16 @@ typedef int (*net_status_fn)(void *ctx, struct net_status_reply *out);
  * handle for net_client_reply; payload is borrowed for the call. */
 typedef void (*net_client_req_fn)(void *ctx, uint64_t client, const uint8_t *payload,
                                   size_t len);
-/* Our outbound connection to peer is up (authenticated, HELLOs exchanged)
- * or down. */
-typedef void (*net_peer_fn)(void *ctx, uint32_t peer, bool up);
+/* News of the connections with a peer. Called on the loop's thread; a
+ * connection's end is told before this side of it closes (so a listener
+ * hears it before the peer can). */
+enum net_peer_event {
+    NET_PEER_UP,        /* our outbound connection is up (authenticated, HELLOs exchanged) */
+    NET_PEER_LOST,      /* a connection with the peer (either way) ended by this node:
+                         * an error it found, a timeout, a newer connection */
+    NET_PEER_ENDED,     /* ... ended by the peer: its process closed it, or died */
+};
+typedef void (*net_peer_fn)(void *ctx, uint32_t peer, enum net_peer_event ev);
 
 struct net_config {
     uint32_t id;      /* this node, 1..n_nodes */

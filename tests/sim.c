@@ -8,7 +8,12 @@
  * simulation). N cores (3 or 5) run over a virtual network that drops,
  * delays, reorders and duplicates messages and partitions nodes (also one
  * way only); nodes crash and restart with only what they had persisted,
- * including crashes in the middle of persisting a ready batch. Clients
+ * including crashes in the middle of persisting a ready batch. Each node's
+ * clock runs at its own rate (up to 30% apart); a node freezes now and then
+ * (a stalled replica thread, SIGSTOP: no ticks, no messages, no clients)
+ * and says so when it resumes (px_clock_stalled); connections break, by
+ * one side or by a crash, and each side is told as the transport would
+ * tell it (px_peer_lost). Clients
  * propose throughout; nodes take snapshots and compact their logs, and a
  * node that fell behind the compaction point installs a peer's snapshot.
  *
@@ -70,7 +75,9 @@ struct params {
     uint32_t drop_pm;      /* per million, per message */
     uint32_t dup_pm;
     uint32_t delay_max;    /* steps */
-    uint32_t tick_pm;      /* chance a node ticks in a step (clock skew) */
+    uint32_t tick_pm;      /* slowest clock: ticks per million steps (skew) */
+    uint32_t stall_pm;     /* per step, per node: it freezes a while */
+    uint32_t reset_pm;     /* per step: a node drops a connection */
     uint32_t propose_pm;   /* chance per step that a client proposes */
     uint32_t crash_pm;     /* per step */
     uint32_t crash_mid_pm; /* per ready batch: crash while persisting */
@@ -136,6 +143,9 @@ struct node {
     struct fsm fsm;
     struct storage st;
     uint64_t reads_asked;
+    uint32_t tick_rate;   /* ticks per million steps */
+    uint32_t tick_acc;    /* the clock's phase, in millionths of a tick */
+    uint64_t stall_until; /* frozen before this step */
 };
 
 struct inflight {
@@ -157,11 +167,13 @@ struct world {
     uint64_t now;
     bool trace;
     bool healing;
+    uint32_t crashed_untold; /* bitmask of nodes whose crash peers are yet to see */
     int violations;
     char first_violation[256];
 
     struct node nodes[NODES_MAX + 1];
     bool blocked[NODES_MAX + 1][NODES_MAX + 1];
+    uint64_t redial_at[NODES_MAX + 1][NODES_MAX + 1]; /* a reset connection is down till then */
 
     struct inflight *net;
     size_t n_net, cap_net;
@@ -395,6 +407,7 @@ static void node_start(struct world *w, struct node *nd)
     cfg.fetch_entries_max = 32;
     nd->px = px_new(&cfg);
     nd->up = true;
+    nd->stall_until = 0;
 
     /* The state machine comes back from its snapshot image, the core from
      * its persisted promise, entries and commit. */
@@ -426,6 +439,7 @@ static void node_crash(struct world *w, struct node *nd, const char *how)
     px_dedup_free(nd->fsm.dedup);
     nd->fsm.dedup = NULL;
     nd->up = false;
+    w->crashed_untold |= 1u << nd->id; /* its peers see its connections end */
 }
 
 /* The state machine snapshots itself at its applied slot; the core may then
@@ -578,12 +592,18 @@ static void node_drain(struct world *w, struct node *nd)
 
 /* ---- one step of the world ---------------------------------------------- */
 
+static bool frozen(const struct world *w, uint32_t id)
+{
+    return w->nodes[id].up && w->now < w->nodes[id].stall_until;
+}
+
 static void deliver_due(struct world *w)
 {
-    /* Take the due messages out, shuffle them (reordering), deliver. */
+    /* Take the due messages out, shuffle them (reordering), deliver; those
+     * for a frozen node wait in its socket buffer. */
     size_t n_due = 0;
     for (size_t i = 0; i < w->n_net; i++) {
-        if (w->net[i].at <= w->now) {
+        if (w->net[i].at <= w->now && !frozen(w, w->net[i].m.to)) {
             struct inflight t = w->net[n_due];
             w->net[n_due] = w->net[i];
             w->net[i] = t;
@@ -606,7 +626,7 @@ static void deliver_due(struct world *w)
     for (size_t i = 0; i < n_due; i++) {
         struct px_msg *m = &due[i].m;
         struct node *to = &w->nodes[m->to];
-        if (to->up && !w->blocked[m->from][m->to]) {
+        if (to->up && !w->blocked[m->from][m->to] && w->now >= w->redial_at[m->from][m->to]) {
             trace(w, "deliver %s %u->%u ballot=%" PRIu64 " slot=%" PRIu64 " commit=%" PRIu64
                   " entries=%u aux=%" PRIu64, px_msg_type_name(m->type), m->from, m->to,
                   m->ballot, m->slot, m->commit, m->n_entries, m->aux);
@@ -622,7 +642,7 @@ static void client_propose(struct world *w)
 {
     uint32_t id = (uint32_t)prng_range(&w->rng, 1, w->p.nodes);
     struct node *nd = &w->nodes[id];
-    if (!nd->up)
+    if (!nd->up || frozen(w, id))
         return;
     uint8_t data[64];
     size_t len = (size_t)prng_range(&w->rng, 0, sizeof data);
@@ -638,16 +658,21 @@ static void client_propose(struct world *w)
     node_drain(w, nd);
 }
 
-static void client_read(struct world *w)
+static void read_on(struct world *w, struct node *nd)
 {
-    uint32_t id = (uint32_t)prng_range(&w->rng, 1, w->p.nodes);
-    struct node *nd = &w->nodes[id];
-    if (!nd->up)
-        return;
+    uint32_t id = nd->id;
     GROW(w->reads, w->n_reads, w->cap_reads);
     w->reads[w->n_reads++] = (struct pending_read){id, nd->incarnation, ++w->next_read_id, w->acked_max};
     px_read_index(nd->px, w->next_read_id);
     node_drain(w, nd);
+}
+
+static void client_read(struct world *w)
+{
+    uint32_t id = (uint32_t)prng_range(&w->rng, 1, w->p.nodes);
+    struct node *nd = &w->nodes[id];
+    if (nd->up && !frozen(w, id))
+        read_on(w, nd);
 }
 
 static void change_partition(struct world *w)
@@ -669,16 +694,96 @@ static void change_partition(struct world *w)
     trace(w, "partition kind=%u", kind);
 }
 
-static void step_world(struct world *w)
+/* A crashed node's peers see its connections end (by the peer's side). */
+static void tell_crashes(struct world *w)
 {
-    w->now++;
+    for (uint32_t x = 1; x <= w->p.nodes; x++) {
+        if (!(w->crashed_untold & (1u << x)))
+            continue;
+        w->crashed_untold &= ~(1u << x);
+        for (uint32_t y = 1; y <= w->p.nodes; y++) {
+            struct node *nd = &w->nodes[y];
+            if (y != x && nd->up && !frozen(w, y)) { /* frozen: it waits the lease out */
+                px_peer_lost(nd->px, x, true);
+                node_drain(w, nd);
+            }
+        }
+    }
+}
+
+/* Node a drops its connection with b (an error it found, a timeout): a is
+ * told first, then b sees it end by a's doing, as the transport does. */
+static void connection_reset(struct world *w, uint32_t a, uint32_t b)
+{
+    if (a == b || !w->nodes[a].up || !w->nodes[b].up || frozen(w, a) || frozen(w, b))
+        return;
+    trace(w, "node=%u event=connection_reset peer=%u", a, b);
+    /* What was queued on it is lost, and nothing passes until the redial. */
+    uint64_t redial = w->now + prng_range(&w->rng, 1, 2 * (uint64_t)w->p.ticks_election);
+    w->redial_at[a][b] = w->redial_at[b][a] = redial;
+    px_peer_lost(w->nodes[a].px, b, false);
+    node_drain(w, &w->nodes[a]);
+    if (!w->nodes[b].up)
+        return;
+    px_peer_lost(w->nodes[b].px, a, true);
+    node_drain(w, &w->nodes[b]);
+}
+
+/* A node drops one connection, or all of them at once (its network went
+ * away and came back). */
+static void connections_reset(struct world *w)
+{
+    uint32_t a = (uint32_t)prng_range(&w->rng, 1, w->p.nodes);
+    if (prng_chance(&w->rng, 500000)) {
+        connection_reset(w, a, (uint32_t)prng_range(&w->rng, 1, w->p.nodes));
+        return;
+    }
+    for (uint32_t b = 1; b <= w->p.nodes; b++)
+        connection_reset(w, a, b);
+}
+
+/* Each clock ticks at its own steady rate, except while its node is frozen;
+ * a node that resumes says so before anything else, as the replica does. */
+static void tick_clocks(struct world *w)
+{
     for (uint32_t i = 1; i <= w->p.nodes; i++) {
         struct node *nd = &w->nodes[i];
-        if (nd->up && prng_chance(&w->rng, w->p.tick_pm)) {
+        if (!nd->up)
+            continue;
+        if (w->now < nd->stall_until)
+            continue;
+        if (nd->stall_until) {
+            /* Resumed: what waited in its sockets comes in over the next
+             * steps, and a read that waited during the freeze may go first
+             * (the network thread and the replica's run concurrently). */
+            nd->stall_until = 0;
+            px_clock_stalled(nd->px);
+            for (size_t k = 0; k < w->n_net; k++)
+                if (w->net[k].m.to == nd->id && w->net[k].at <= w->now)
+                    w->net[k].at = w->now + prng_below(&w->rng, 4);
+            if (prng_chance(&w->rng, 500000))
+                read_on(w, nd);
+            if (!nd->up)
+                continue; /* it crashed persisting */
+        }
+        nd->tick_acc += nd->tick_rate;
+        if (nd->tick_acc >= 1000000) {
+            nd->tick_acc -= 1000000;
             px_tick(nd->px);
             node_drain(w, nd);
         }
+        if (!w->healing && prng_chance(&w->rng, w->p.stall_pm)) {
+            nd->stall_until = w->now + prng_range(&w->rng, 2, 4 * (uint64_t)w->p.ticks_election);
+            trace(w, "node=%u event=stall until=%" PRIu64, nd->id, nd->stall_until);
+        }
     }
+}
+
+static void step_world(struct world *w)
+{
+    w->now++;
+    tell_crashes(w);
+    tick_clocks(w);
     deliver_due(w);
     if (!w->healing) {
         if (prng_chance(&w->rng, w->p.propose_pm))
@@ -695,6 +800,8 @@ static void step_world(struct world *w)
                 node_start(w, &w->nodes[i]);
         if (prng_chance(&w->rng, w->p.partition_pm))
             change_partition(w);
+        if (prng_chance(&w->rng, w->p.reset_pm))
+            connections_reset(w);
     }
 }
 
@@ -739,13 +846,16 @@ static void heal(struct world *w)
 {
     w->healing = true;
     memset(w->blocked, 0, sizeof w->blocked);
+    memset(w->redial_at, 0, sizeof w->redial_at);
     w->p.drop_pm = 0;
     w->p.dup_pm = 0;
     w->p.delay_max = MIN(w->p.delay_max, 2u);
     w->p.tick_pm = 1000000;
-    for (uint32_t i = 1; i <= w->p.nodes; i++)
+    for (uint32_t i = 1; i <= w->p.nodes; i++) {
+        w->nodes[i].tick_rate = 1000000;
         if (!w->nodes[i].up)
             node_start(w, &w->nodes[i]);
+    }
     trace(w, "heal");
 }
 
@@ -761,6 +871,8 @@ static void params_draw(struct params *p, struct prng *r, uint32_t nodes, uint32
     p->dup_pm = calm ? 0 : (uint32_t)prng_range(r, 0, 100000);
     p->delay_max = (uint32_t)prng_range(r, 0, calm ? 1 : 8);
     p->tick_pm = (uint32_t)prng_range(r, 700000, 1000000);
+    p->stall_pm = calm ? 0 : (uint32_t)prng_range(r, 0, 3000);
+    p->reset_pm = calm ? 0 : (uint32_t)prng_range(r, 0, 5000);
     p->propose_pm = (uint32_t)prng_range(r, 100000, 900000);
     p->crash_pm = calm ? 0 : (uint32_t)prng_range(r, 0, 8000);
     p->crash_mid_pm = calm ? 0 : (uint32_t)prng_range(r, 0, 3000);
@@ -801,6 +913,8 @@ static void run_seed(uint64_t seed, uint32_t nodes, uint32_t steps, bool tracing
           w->p.snap_every, w->p.window, w->p.ticks_election, w->p.ticks_heartbeat);
     for (uint32_t i = 1; i <= nodes; i++) {
         w->nodes[i].id = i;
+        w->nodes[i].tick_rate = (uint32_t)prng_range(&w->rng, w->p.tick_pm, 1000000);
+        w->nodes[i].tick_acc = (uint32_t)prng_below(&w->rng, 1000000);
         buf_init(&w->nodes[i].st.snap_dedup);
         node_start(w, &w->nodes[i]);
     }

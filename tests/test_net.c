@@ -195,7 +195,25 @@ struct ep {
     uint64_t errors;                  /* order or content mismatches */
     uint64_t msgs;                    /* decoded px messages (on_msg) */
     struct px_msg last_msg;
+    uint64_t peer_events[NODES_MAX + 1][NET_PEER_ENDED + 1]; /* on_peer, per peer and kind */
 };
+
+static void ep_on_peer(void *ctx, uint32_t peer, enum net_peer_event ev)
+{
+    struct ep *e = ctx;
+    pthread_mutex_lock(&e->mu);
+    if (peer <= NODES_MAX)
+        e->peer_events[peer][ev]++;
+    pthread_mutex_unlock(&e->mu);
+}
+
+static uint64_t peer_events(struct ep *e, uint32_t peer, enum net_peer_event ev)
+{
+    pthread_mutex_lock(&e->mu);
+    uint64_t v = e->peer_events[peer][ev];
+    pthread_mutex_unlock(&e->mu);
+    return v;
+}
 
 static void ep_on_frame(void *ctx, uint32_t from, uint8_t type, const uint8_t *p, size_t len)
 {
@@ -265,6 +283,7 @@ static void ep_init(struct ep *e, uint32_t id, struct net_config *c)
     pthread_mutex_init(&e->mu, NULL);
     e->id = id;
     c->on_frame = ep_on_frame;
+    c->on_peer = ep_on_peer;
     c->ctx = e;
     int rc = net_new(c, &e->net);
     cr_assert_eq(rc, 0, "net_new node %u: %d", id, rc);
@@ -927,6 +946,99 @@ Test(net, survives_truncated_and_oversized_frames_from_an_authenticated_peer)
     ep_free(&e[1]);
 }
 
+/* ------------------------------------------------------------ peer events */
+
+struct event_arg {
+    struct ep *e;
+    uint32_t peer;
+    enum net_peer_event ev;
+    uint64_t want;
+};
+
+static bool events_reached(void *arg)
+{
+    struct event_arg *a = arg;
+    return peer_events(a->e, a->peer, a->ev) >= a->want;
+}
+
+static void wait_events(struct ep *e, uint32_t peer, enum net_peer_event ev, uint64_t want)
+{
+    struct event_arg a = {e, peer, ev, want};
+    cr_assert(wait_for(events_reached, &a, 10 * SEC), "node %u: %llu events %d of peer %u, want %llu",
+              e->id, (unsigned long long)peer_events(e, peer, ev), ev, peer,
+              (unsigned long long)want);
+}
+
+struct accepts_arg {
+    struct ep *e;
+    uint64_t want;
+};
+
+static bool accepts_reached(void *arg)
+{
+    struct accepts_arg *a = arg;
+    return stats(a->e).accepts >= a->want;
+}
+
+/* Node 3 (a raw TLS client) authenticates and says HELLO; returns once node 1
+ * has the connection open. */
+static void raw_peer_open(struct ep *e, struct raw_tls *t)
+{
+    uint64_t accepts = stats(e).accepts;
+    cr_assert(raw_dial(t, net_port(e->net), "node3"));
+    raw_hello(t, 3, cluster_id);
+    struct accepts_arg a = {e, accepts + 1};
+    cr_assert(wait_for(accepts_reached, &a, 10 * SEC), "node 1 never opened node 3's connection");
+    /* Node 1's HELLO is read, so that a close sends FIN, not a reset. */
+    uint8_t hello[NET_FRAME_HEADER_BYTES + NET_HELLO_BYTES];
+    size_t got = 0;
+    for (int i = 0; i < 100 && got < sizeof hello; i++) { /* bounded: the socket times out */
+        int r = SSL_read(t->ssl, hello + got, (int)(sizeof hello - got));
+        if (r > 0)
+            got += (size_t)r;
+    }
+    cr_assert_eq(got, sizeof hello, "node 1's HELLO did not come");
+}
+
+/* The consensus core may skip waiting out the leader's lease only when the
+ * leader ended the connection (px_peer_lost): so the end of a connection is
+ * told as the peer's doing only when it is, and before this side closes. */
+Test(net, a_connection_end_is_told_as_the_peer_s_doing_only_when_it_is)
+{
+    struct ep e[2];
+    two_of_three(e);
+    struct raw_tls t;
+
+    /* node 3's process dies: the stream ends with no close_notify */
+    raw_peer_open(&e[0], &t);
+    raw_close(&t);
+    wait_events(&e[0], 3, NET_PEER_ENDED, 1);
+
+    /* node 3 closes it properly */
+    raw_peer_open(&e[0], &t);
+    SSL_shutdown(t.ssl);
+    raw_close(&t);
+    wait_events(&e[0], 3, NET_PEER_ENDED, 2);
+    cr_assert_eq(peer_events(&e[0], 3, NET_PEER_LOST), 0);
+
+    /* node 1 ends it: node 3 sent a malformed frame */
+    raw_peer_open(&e[0], &t);
+    uint8_t buf[NET_FRAME_HEADER_BYTES];
+    net_frame_header_encode(buf, NET_FRAME_PX, 0xfffffff0u);
+    raw_write(&t, buf, sizeof buf);
+    cr_assert(raw_until_closed(&t), "node 1 kept a connection with a bad frame open");
+    raw_close(&t);
+    wait_events(&e[0], 3, NET_PEER_LOST, 1);
+    cr_assert_eq(peer_events(&e[0], 3, NET_PEER_ENDED), 2);
+
+    /* node 2 stops: both of node 1's connections with it end by node 2 */
+    cr_assert_eq(peer_events(&e[0], 2, NET_PEER_UP), 1);
+    ep_free(&e[1]);
+    wait_events(&e[0], 2, NET_PEER_ENDED, 2);
+    cr_assert_eq(peer_events(&e[0], 2, NET_PEER_LOST), 0);
+    ep_free(&e[0]);
+}
+
 /* ------------------------------------------------------------ backpressure */
 
 /* A node 3 that authenticates, answers the HELLO, and never reads again. */
@@ -1141,6 +1253,7 @@ Test(net, peer_bulk_frames_of_several_mib_arrive_whole_and_in_order)
     ep_init(&e[1], 2, &c);
     net_free(e[1].net); /* node 2 again, with the bulk receiver */
     c.on_frame = bulk_on_frame;
+    c.on_peer = NULL;
     c.ctx = &rx;
     cr_assert_eq(net_new(&c, &e[1].net), 0);
     start_all(e, 2);

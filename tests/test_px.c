@@ -324,6 +324,9 @@ Test(px, restarted_acceptor_keeps_its_promise)
     /* Regression guard: a promise that were not persisted would let a
      * restarted acceptor accept a deposed leader's lower ballot. */
     cluster_init(3);
+    for (int k = 0; k < 10; k++)
+        px_tick(C.nodes[2].px); /* past the quiet time after a start */
+    drain(2);
     struct px_msg prep = {.type = PX_MSG_PREPARE, .from = 3, .to = 2,
                           .ballot = ballot_make(1000, 3), .slot = 1};
     cr_assert_eq(px_step(C.nodes[2].px, &prep), 0);
@@ -414,6 +417,12 @@ Test(px, read_index_waits_for_quorum_confirmation)
     for (int i = 1; i <= 3; i++)
         if (i != l)
             C.cut[i][l] = true; /* acks cannot reach the leader */
+    for (int k = 0; k < 5; k++) { /* the lease (ticks_election / 2) runs out */
+        px_tick(C.nodes[l].px);
+        drain(l);
+    }
+    stabilize();
+    cr_assert_eq(role_of(l), PX_LEADER);
     px_read_index(C.nodes[l].px, 7);
     drain(l);
     stabilize();
@@ -434,6 +443,157 @@ Test(px, read_index_waits_for_quorum_confirmation)
     cr_assert_eq(C.nodes[f].n_reads, 1);
     cr_assert_eq(C.nodes[f].reads[0].status, 0);
     cr_assert_geq(C.nodes[f].reads[0].index, 1);
+    cluster_fini();
+}
+
+/* ---- the leader's lease --------------------------------------------------- */
+
+/* Asks node id for a read index and returns whether it was answered within
+ * the same call, with no message delivered. */
+static bool read_answered_at_once(int id, uint64_t read_id)
+{
+    int before = C.nodes[id].n_reads;
+    px_read_index(C.nodes[id].px, read_id);
+    drain(id);
+    if (C.nodes[id].n_reads == before)
+        return false;
+    const struct px_read *r = &C.nodes[id].reads[(C.nodes[id].n_reads - 1) % 64];
+    cr_assert_eq(r->id, read_id);
+    cr_assert_eq(r->status, 0);
+    cr_assert_eq(r->index, commit_of(id), "the commit index at the time of the read");
+    return true;
+}
+
+static void cut_all(bool cut)
+{
+    for (int i = 1; i <= C.n; i++)
+        for (int j = 1; j <= C.n; j++)
+            C.cut[i][j] = cut;
+}
+
+Test(px, leader_lease_answers_reads_without_a_round)
+{
+    cluster_init(3);
+    int l = elect();
+    propose_str(l, "w");
+    stabilize();
+    tick_all(2); /* heartbeats acknowledged: the lease */
+    cut_all(true);
+    cr_assert(read_answered_at_once(l, 7), "no heartbeat round while the lease runs");
+    cr_assert_geq(C.nodes[l].reads[0].index, 1);
+    cluster_fini();
+}
+
+Test(px, lease_runs_out_without_acknowledged_heartbeats)
+{
+    cluster_init(3);
+    int l = elect();
+    tick_all(2);
+    cut_all(true);
+    for (int k = 0; k < 4; k++) {
+        px_tick(C.nodes[l].px);
+        drain(l);
+    }
+    cr_assert(read_answered_at_once(l, 1), "4 ticks after the last acknowledged heartbeat");
+    px_tick(C.nodes[l].px);
+    drain(l);
+    cr_assert_not(read_answered_at_once(l, 2), "5 ticks (ticks_election / 2): run out");
+    cut_all(false);
+    stabilize();
+    cr_assert_eq(C.nodes[l].n_reads, 2, "answered once a quorum acknowledged a heartbeat");
+    cr_assert(read_answered_at_once(l, 3), "and the lease is back");
+    cluster_fini();
+}
+
+Test(px, a_stall_voids_the_lease_until_newer_heartbeats_are_acknowledged)
+{
+    cluster_init(3);
+    int l = elect();
+    tick_all(2);
+    /* A heartbeat goes out, the leader's thread stalls, then its acks come. */
+    for (int k = 0; k < 2; k++) { /* ticks_heartbeat */
+        px_tick(C.nodes[l].px);
+        drain(l);
+    }
+    cr_assert_gt(C.n_queue, 0, "a heartbeat is on its way");
+    px_clock_stalled(C.nodes[l].px);
+    stabilize();
+    cr_assert_not(read_answered_at_once(l, 1),
+                  "acks of a heartbeat sent before the stall do not renew the lease");
+    stabilize(); /* the read's own heartbeat round */
+    cr_assert_eq(C.nodes[l].n_reads, 1);
+    cr_assert(read_answered_at_once(l, 2), "newer heartbeats did");
+    cluster_fini();
+}
+
+Test(px, leader_drops_a_lost_peer_from_its_lease)
+{
+    cluster_init(3);
+    int l = elect();
+    int a = l % 3 + 1, b = a % 3 + 1;
+    tick_all(2);
+    px_peer_lost(C.nodes[l].px, a, false);
+    cr_assert(read_answered_at_once(l, 1), "b still holds the lease with the leader");
+    px_peer_lost(C.nodes[l].px, b, true);
+    cr_assert_not(read_answered_at_once(l, 2), "no quorum left in the lease");
+    stabilize();
+    cr_assert_eq(C.nodes[l].n_reads, 2, "a heartbeat round answers it");
+    cluster_fini();
+}
+
+Test(px, follower_breaks_the_lease_only_when_the_leader_ended_the_connection)
+{
+    cluster_init(3);
+    int l = elect();
+    int a = l % 3 + 1, b = a % 3 + 1;
+    tick_all(2);
+    struct px_msg prep = {.type = PX_MSG_PREPARE, .from = (uint32_t)b, .to = (uint32_t)a,
+                          .ballot = ballot_make(1000, (uint32_t)b), .slot = 1,
+                          .commit = commit_of(a)};
+    /* a found an error on its connection to the leader: the lease holds. */
+    px_peer_lost(C.nodes[a].px, (uint32_t)l, false);
+    C.n_queue = 0;
+    px_step(C.nodes[a].px, &prep);
+    drain(a);
+    cr_assert_eq(C.n_queue, 1);
+    cr_assert_eq(C.queue[0].type, PX_MSG_REJECT);
+    cr_assert_eq(C.queue[0].aux, PX_REJECT_LEASE);
+    px_msg_clear(&C.queue[0]);
+    C.n_queue = 0;
+    /* the leader's side ended it (its process closed it, or died): not. */
+    px_peer_lost(C.nodes[a].px, (uint32_t)l, true);
+    cr_assert_eq(leader_of(a), 0);
+    px_step(C.nodes[a].px, &prep);
+    drain(a);
+    cr_assert_eq(C.n_queue, 1);
+    cr_assert_eq(C.queue[0].type, PX_MSG_PROMISE);
+    cluster_fini();
+}
+
+Test(px, restarted_acceptor_refuses_prepares_for_an_election_timeout)
+{
+    /* Before a crash it may have acknowledged a heartbeat that a leader
+     * counts in its lease; it cannot remember, so it waits the lease out. */
+    cluster_init(3);
+    struct px_msg prep = {.type = PX_MSG_PREPARE, .from = 3, .to = 2,
+                          .ballot = ballot_make(1000, 3), .slot = 1};
+    px_step(C.nodes[2].px, &prep);
+    drain(2);
+    cr_assert_eq(C.n_queue, 1);
+    cr_assert_eq(C.queue[0].type, PX_MSG_REJECT);
+    cr_assert_eq(C.queue[0].aux, PX_REJECT_LEASE);
+    px_msg_clear(&C.queue[0]);
+    C.n_queue = 0;
+    for (int k = 0; k < 10; k++) /* ticks_election */
+        px_tick(C.nodes[2].px);
+    drain(2);
+    for (int i = 0; i < C.n_queue; i++)
+        px_msg_clear(&C.queue[i]);
+    C.n_queue = 0;
+    px_step(C.nodes[2].px, &prep);
+    drain(2);
+    cr_assert_eq(C.n_queue, 1);
+    cr_assert_eq(C.queue[0].type, PX_MSG_PROMISE);
     cluster_fini();
 }
 

@@ -36,6 +36,7 @@ struct fake {
     uint32_t block_size;
     uint64_t pending_max;
     uint32_t last_uid;
+    pthread_t last_thread; /* that made the last proposal */
     bool overlap_seen;
 };
 
@@ -85,6 +86,7 @@ static int fake_propose(void *ctx, const struct wb_extent_view *e)
         if (e->offset % f->block_size || e->len % f->block_size)
             f->misaligned++;
         f->last_uid = e->uid;
+        f->last_thread = pthread_self();
     }
     f->inflight[slot].used = false;
     pthread_mutex_unlock(&f->lock);
@@ -262,6 +264,20 @@ Test(write_behind, close_proposes_everything_buffered)
     close_wb(w);
     cr_assert_eq(memcmp(fk.data[4], "abc", 3), 0);
     cr_assert_eq(memcmp(fk.data[9] + 4096, "def", 3), 0);
+}
+
+Test(write_behind, a_sync_with_nothing_in_flight_proposes_on_the_callers_thread)
+{
+    struct wb *w = open_wb(4096, 16384, 1 << 20, 10000, 2);
+    cr_assert_eq(wb_write(w, 5, 0, "small file", 10, 0, 0), 0);
+    cr_assert_eq(wb_sync(w, 5), 0);
+    cr_assert_eq(fk.proposals, 1);
+    cr_assert(pthread_equal(fk.last_thread, pthread_self()), "no hand-off to a worker");
+    cr_assert_eq(memcmp(fk.data[5], "small file", 10), 0);
+    struct wb_stats st;
+    wb_stats(w, &st);
+    cr_assert_eq(st.bytes_pending, 0);
+    close_wb(w);
 }
 
 Test(write_behind, writes_of_another_uid_are_proposed_apart)
