@@ -464,6 +464,14 @@ static bool read_answered_at_once(int id, uint64_t read_id)
     return true;
 }
 
+/* Drops every queued message undelivered. */
+static void queue_drop(void)
+{
+    for (int i = 0; i < C.n_queue; i++)
+        px_msg_clear(&C.queue[i]);
+    C.n_queue = 0;
+}
+
 static void cut_all(bool cut)
 {
     for (int i = 1; i <= C.n; i++)
@@ -552,14 +560,13 @@ Test(px, follower_breaks_the_lease_only_when_the_leader_ended_the_connection)
                           .commit = commit_of(a)};
     /* a found an error on its connection to the leader: the lease holds. */
     px_peer_lost(C.nodes[a].px, (uint32_t)l, false);
-    C.n_queue = 0;
+    queue_drop();
     px_step(C.nodes[a].px, &prep);
     drain(a);
     cr_assert_eq(C.n_queue, 1);
     cr_assert_eq(C.queue[0].type, PX_MSG_REJECT);
     cr_assert_eq(C.queue[0].aux, PX_REJECT_LEASE);
-    px_msg_clear(&C.queue[0]);
-    C.n_queue = 0;
+    queue_drop();
     /* the leader's side ended it (its process closed it, or died): not. */
     px_peer_lost(C.nodes[a].px, (uint32_t)l, true);
     cr_assert_eq(leader_of(a), 0);
@@ -582,14 +589,11 @@ Test(px, restarted_acceptor_refuses_prepares_for_an_election_timeout)
     cr_assert_eq(C.n_queue, 1);
     cr_assert_eq(C.queue[0].type, PX_MSG_REJECT);
     cr_assert_eq(C.queue[0].aux, PX_REJECT_LEASE);
-    px_msg_clear(&C.queue[0]);
-    C.n_queue = 0;
+    queue_drop();
     for (int k = 0; k < 10; k++) /* ticks_election */
         px_tick(C.nodes[2].px);
     drain(2);
-    for (int i = 0; i < C.n_queue; i++)
-        px_msg_clear(&C.queue[i]);
-    C.n_queue = 0;
+    queue_drop();
     px_step(C.nodes[2].px, &prep);
     drain(2);
     cr_assert_eq(C.n_queue, 1);
