@@ -434,9 +434,10 @@ static void fail_all(struct replica *r, int status)
 
 /* Called with r->lock held, which it releases (then wakes the replica
  * thread if `wake` says so): waits until w completes or the op timeout
- * passes; on timeout w is taken out of whatever list holds it. Destroying w after a completed wait is safe: glibc's sem_post no
- * longer touches the semaphore once a sem_wait can have returned
- * (glibc bug 12674, fixed in 2.21). */
+ * passes; on timeout w is taken out of whatever list holds it. Destroying
+ * w after a completed wait is safe: glibc's sem_post no longer touches the
+ * semaphore once a sem_wait can have returned (glibc bug 12674, fixed in
+ * 2.21). */
 static int wait_done(struct replica *r, struct waiter *w, struct waiter **lists[], size_t n_lists,
                      bool wake)
 {

@@ -2,7 +2,7 @@
  *
  * One mutex guards everything; the work done under it is bookkeeping and
  * the copy of a write's bytes (at most a FUSE write, 1 MiB). Proposals run
- * unlocked on the workers.
+ * unlocked, on the workers or on the thread that waits for them (below).
  *
  * An extent's life:
  *
@@ -13,12 +13,13 @@
  * file), by the timer (delay_ms), by wb_close, and by wb_drain/wb_sync while
  * some of the file is in flight; when none is, they take the BUFFERED
  * extent straight to PROPOSING on their caller's thread, as wb_carry does:
- * the caller waits for it anyway.
+ * the caller waits for it anyway. wb_carry always does so. An inode's record
+ * lives while it has a buffered extent, an in-flight one, a kept error or a
+ * waiter.
+ *
  * The timer is whichever one worker waits with a timeout, and only while an
  * inode has a record: an idle write-behind wakes nobody, and a busy one
- * wakes one worker per delay_ms, not all of them. wb_carry takes a BUFFERED extent straight to PROPOSING, on its
- * caller's thread. An inode's record lives while it has a buffered extent, an
- * in-flight one, a kept error or a waiter. */
+ * wakes one worker per delay_ms, not all of them. */
 #include "fs/write_behind.h"
 
 #include <errno.h>
