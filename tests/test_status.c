@@ -302,7 +302,12 @@ struct raw {
 
 /* A TLS 1.3 client presenting stem's certificate that checks nothing of
  * the node: it wants to reach the node's checks. */
-static bool raw_dial(struct raw *t, uint16_t port, const char *stem)
+/* rcvbuf: the client's receive buffer, set before it connects so that TCP
+ * sizes the window it offers from it (0: the default). Shrunk after the
+ * connection is up, it left both ends believing the other's window closed
+ * now and then (seen on a loaded machine: the node had read everything,
+ * the client's writes stalled for seconds between zero-window probes). */
+static bool raw_dial_rcvbuf(struct raw *t, uint16_t port, const char *stem, int rcvbuf)
 {
     t->ctx = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_min_proto_version(t->ctx, TLS1_3_VERSION);
@@ -317,12 +322,19 @@ static bool raw_dial(struct raw *t, uint16_t port, const char *stem)
     struct timeval tv = {.tv_sec = 3};
     setsockopt(t->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(t->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (rcvbuf > 0)
+        setsockopt(t->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     cr_assert_eq(connect(t->fd, (struct sockaddr *)&a, sizeof a), 0);
     t->ssl = SSL_new(t->ctx);
     SSL_set_fd(t->ssl, t->fd);
     return SSL_connect(t->ssl) == 1;
+}
+
+static bool raw_dial(struct raw *t, uint16_t port, const char *stem)
+{
+    return raw_dial_rcvbuf(t, port, stem, 0);
 }
 
 static void raw_close(struct raw *t)
@@ -752,9 +764,7 @@ Test(status, a_client_that_never_reads_its_replies_is_cut_off)
     start_nodes(true);
     struct net_stats s0 = stats_of(1);
     struct raw t;
-    cr_assert(raw_dial(&t, cc.nodes[1].port, "client"));
-    int small = 4096;
-    setsockopt(t.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    cr_assert(raw_dial_rcvbuf(&t, cc.nodes[1].port, "client", 4096));
     raw_hello(&t, 0, cluster_id);
     /* requests in batches, never reading: the kernel buffers fill, then
      * the node's bounded staging, then the node hangs up */
