@@ -419,8 +419,10 @@ if want 5; then
     total1=$xtotal done1=$xdone
     note "first attempt: $done1 of $total1 bytes when node 3 is killed; leader commit $(leader_commit), snapshots $(jq -c '[.nodes[].snapshot_slot]' "$T/status.json")"
     kill_node 3
+    slot1=$(kv slot "$(log_since 3 "$mark" | grep 'event=xfer_start' | tail -n 1)")
     parts=$(ls "$(data 3)/snap" 2>/dev/null | tr '\n' ' ')
-    note "node 3's snap directory after the kill: $parts; store $(du -sm "$(data 3)/store" | cut -f1) MiB"
+    store1=$(du -sm "$(data 3)/store" | cut -f1)
+    note "node 3's snap directory after the kill: $parts; store $store1 MiB"
     mark=$(log_mark 3)
     start_node 3
     # Restarted, it must go on from what it has: the blocks it stored are
@@ -428,9 +430,21 @@ if want 5; then
     check "5: restarted node 3 is fetching blocks again" wait_transfer 3 60 0
     total2=$xtotal
     note "second attempt: total $total2 bytes (first: $total1), $xdone done; leader commit $(leader_commit), snapshots $(jq -c '[.nodes[].snapshot_slot]' "$T/status.json")"
-    note "node 3 store: $(du -sm "$(data 3)/store" | cut -f1) MiB"
-    check "5: the second attempt fetches less than the first (did not start over)" \
-        test "$total2" -le $((total1 - done1 / 2))
+    store2=$(du -sm "$(data 3)/store" | cut -f1)
+    note "node 3 store: $store2 MiB"
+    slot2=$(kv slot "$(log_since 3 "$mark" | grep 'event=xfer_start' | tail -n 1)")
+    if [ -n "$slot1" ] && [ "$slot1" = "$slot2" ]; then
+        check "5: the second attempt fetches less than the first (did not start over)" \
+            test "$total2" -le $((total1 - done1 / 2))
+    else
+        # The source is the last peer asked, which depends on who leads and
+        # on timing, and the two peers snapshot at different slots: the
+        # second attempt fetched another image, whose total does not
+        # compare. What must hold anyway: the blocks stored are kept.
+        note "the attempts fetched different images (slots $slot1 and $slot2)"
+        check "5: the second attempt kept the first attempt's blocks (did not start over)" \
+            test "$store2" -ge "$store1"
+    fi
     # Now kill the peer node 3 fetches from, mid-transfer.
     start_line=$(log_since 3 "$mark" | grep 'event=xfer_start' | tail -n 1)
     sender=$(kv from "$start_line")
