@@ -301,9 +301,9 @@ struct raw {
 };
 
 /* A TLS 1.3 client presenting stem's certificate that checks nothing of
- * the node: it wants to reach the node's checks. */
-/* rcvbuf: the client's receive buffer, set before it connects so that TCP
- * sizes the window it offers from it (0: the default). Shrunk after the
+ * the node: it wants to reach the node's checks. rcvbuf: the client's
+ * receive buffer, set before it connects so that TCP sizes the window it
+ * offers from it (0: the default). Shrunk after the
  * connection is up, it left both ends believing the other's window closed
  * now and then (seen on a loaded machine: the node had read everything,
  * the client's writes stalled for seconds between zero-window probes). */

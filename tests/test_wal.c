@@ -714,13 +714,12 @@ static void crash_child_path(char *out, size_t cap)
     cr_assert_lt(snprintf(out, cap, "%s/wal_crash_child", self), (int)cap);
 }
 
-/* Kills the child after ms milliseconds; returns the highest LSN it
- * reported as synced (0 if none) and checks the reports only go up. */
 /* Runs the crash child and SIGKILLs it ms after it started, or, with
  * after_first_sync, ms after it reported its first synced batch: on a
  * loaded machine starting it (the sanitizers' runtime, opening the WAL) can
  * take longer than the whole window, and a kill before any sync proves
- * nothing about synced records. Returns the highest LSN it reported. */
+ * nothing about synced records. Returns the highest LSN it reported as
+ * synced (0 if none) and checks the reports only go up. */
 static uint64_t run_and_kill(const char *child, unsigned ms, bool after_first_sync)
 {
     int fds[2];
