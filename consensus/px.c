@@ -1361,13 +1361,18 @@ static bool lease_valid(const struct px_node *n)
     return n->lease_ticks > 0 && holders >= n->quorum;
 }
 
-/* No lease until heartbeats sent from now on are acknowledged. */
+/* Peer p holds no share of the lease until it acknowledges a heartbeat
+ * sent from now on. */
+static void lease_drop(struct px_node *n, uint32_t p)
+{
+    n->lease_until[p] = 0;
+    n->lease_floor_seq[p] = n->hb_seq;
+}
+
 static void lease_clear(struct px_node *n)
 {
-    for (uint32_t p = 1; p <= n->cfg.n_nodes; p++) {
-        n->lease_until[p] = 0;
-        n->lease_floor_seq[p] = n->hb_seq;
-    }
+    for (uint32_t p = 1; p <= n->cfg.n_nodes; p++)
+        lease_drop(n, p);
 }
 
 /* Read index (Raft thesis §6.4): the commit index at the time of the request
@@ -1716,8 +1721,7 @@ void px_peer_lost(struct px_node *n, uint32_t peer, bool by_peer)
         return;
     /* The peer may stop honouring the lease (below, on its side): not
      * counted in it again before it acknowledges a later heartbeat. */
-    n->lease_until[peer] = 0;
-    n->lease_floor_seq[peer] = n->hb_seq;
+    lease_drop(n, peer);
     if (!by_peer || n->leader != peer || n->role != PX_FOLLOWER)
         return;
     /* The lease protects a live leader; the leader's process closing the

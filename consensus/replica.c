@@ -1259,17 +1259,21 @@ static void publish_status(struct replica *r)
  * the core is told: its lease counts ticks, and may not count a stall as
  * no time. The missed ticks are not made up: the core's timers would take
  * the stall for silence from its peers, whose messages wait in the inbox. */
+static uint64_t tick_ns(const struct replica *r)
+{
+    return (uint64_t)r->cfg.tick_ms * 1000000u;
+}
+
 static void tick_if_due(struct replica *r, uint64_t *next_tick_ns)
 {
-    uint64_t tick_ns = (uint64_t)r->cfg.tick_ms * 1000000u;
     uint64_t now = clock_now_ns();
     if (now < *next_tick_ns)
         return;
     px_tick(r->px);
-    *next_tick_ns += tick_ns;
+    *next_tick_ns += tick_ns(r);
     if (now >= *next_tick_ns) {
         px_clock_stalled(r->px);
-        *next_tick_ns = now + tick_ns;
+        *next_tick_ns = now + tick_ns(r);
     }
 }
 
@@ -1285,7 +1289,7 @@ static void *replica_main(void *arg)
 {
     struct replica *r = arg;
     pthread_setname_np(pthread_self(), "paxfs-replica");
-    uint64_t next_tick_ns = clock_now_ns() + (uint64_t)r->cfg.tick_ms * 1000000u;
+    uint64_t next_tick_ns = clock_now_ns() + tick_ns(r);
     /* The committed log comes back first: the state machine is rebuilt. */
     int rc = process_ready(r);
     pthread_mutex_lock(&r->lock);
