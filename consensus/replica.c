@@ -696,15 +696,28 @@ static void reads_progress(struct replica *r, const struct px_ready *rd)
     pthread_mutex_unlock(&r->lock);
 }
 
+/* Sends rd's messages that go out after the persist (after_persist) or
+ * before it, then flushes the transport once for all of them. */
+static void send_msgs(struct replica *r, const struct px_ready *rd, bool after_persist)
+{
+    bool sent = false;
+    for (size_t i = 0; i < rd->n_msgs; i++) {
+        if (px_msg_after_persist(rd->msgs[i].type) != after_persist)
+            continue;
+        r->cfg.transport.send(r->cfg.transport.ctx, &rd->msgs[i]);
+        sent = true;
+    }
+    if (sent && r->cfg.transport.flush)
+        r->cfg.transport.flush(r->cfg.transport.ctx);
+}
+
 static int process_ready(struct replica *r)
 {
     while (px_has_ready(r->px)) {
         struct px_ready rd;
         px_ready(r->px, &rd);
         /* Requests go out first, so followers fsync while we do. */
-        for (size_t i = 0; i < rd.n_msgs; i++)
-            if (!px_msg_after_persist(rd.msgs[i].type))
-                r->cfg.transport.send(r->cfg.transport.ctx, &rd.msgs[i]);
+        send_msgs(r, &rd, false);
         int rc = persist(r, &rd);
         if (rc != 0) {
             LOG_E("node=%u event=wal_failed error=%d: the replica stops; restart it "
@@ -712,9 +725,7 @@ static int process_ready(struct replica *r)
             px_advance(r->px, &rd);
             return rc;
         }
-        for (size_t i = 0; i < rd.n_msgs; i++)
-            if (px_msg_after_persist(rd.msgs[i].type))
-                r->cfg.transport.send(r->cfg.transport.ctx, &rd.msgs[i]);
+        send_msgs(r, &rd, true);
         for (size_t i = 0; i < rd.n_apply; i++)
             apply_slot(r, &rd.apply[i]);
         reads_progress(r, &rd);

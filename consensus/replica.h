@@ -111,6 +111,10 @@ struct replica_transport {
     /* Queues m for m->to; may fail (peer down, queue full): the core
      * retransmits what matters. Called on the replica thread. */
     int (*send)(void *ctx, const struct px_msg *m);
+    /* Called after each run of send calls: a transport may hold what send
+     * queued until then (one wakeup of its sender per run, not per
+     * message). NULL: send delivers at once. Replica thread. */
+    void (*flush)(void *ctx);
 };
 
 struct replica_config {

@@ -28,7 +28,13 @@ static int send_msg(void *ctx, const struct px_msg *m)
     struct host *h = ctx;
     if (atomic_load(&h->isolated))
         return -ENOTCONN;
-    return net_send_msg(h->net, m);
+    return net_send_msg_deferred(h->net, m);
+}
+
+static void flush_msgs(void *ctx)
+{
+    struct host *h = ctx;
+    net_flush(h->net);
 }
 
 static void on_msg(void *ctx, uint32_t from, const struct px_msg *m)
@@ -200,7 +206,7 @@ int host_open(const struct host_options *o, struct host **out, char *err, size_t
     rcfg.ticks_heartbeat = h->cluster.heartbeat_ticks;
     rcfg.op_timeout_ms = o->op_timeout_ms ? o->op_timeout_ms : h->cluster.op_timeout_s * 1000;
     rcfg.sm = o->sm;
-    rcfg.transport = (struct replica_transport){h, send_msg};
+    rcfg.transport = (struct replica_transport){h, send_msg, flush_msgs};
     rc = replica_open(&rcfg, &h->replica);
     if (rc != 0) {
         snprintf(err, errlen, rc == -EBADMSG

@@ -151,6 +151,7 @@ struct net {
     SSL_CTX *ssl_ctx;
     int ep, listen_fd, wake_fd;
     atomic_bool wake_pending; /* wake_fd was written since the loop drained it */
+    atomic_bool wake_owed;    /* a deferred send kicked a queue: net_flush wakes */
     uint16_t port;
     pthread_t thread;
     bool started, joined;
@@ -1766,8 +1767,9 @@ static int peek_admit(struct net *n, uint32_t to, size_t len)
     return rc;
 }
 
-/* Appends f (taking it on 0) to peer to's queue and wakes the loop. */
-static int enqueue(struct net *n, uint32_t to, struct out_frame *f)
+/* Appends f (taking it on 0) to peer to's queue and wakes the loop, or
+ * with `defer` leaves the wake to net_flush. */
+static int enqueue(struct net *n, uint32_t to, struct out_frame *f, bool defer)
 {
     struct peer *p = &n->peers[to];
     bool need_wake = false;
@@ -1779,7 +1781,9 @@ static int enqueue(struct net *n, uint32_t to, struct out_frame *f)
         p->kick = true;
     }
     pthread_mutex_unlock(&p->mu);
-    if (need_wake)
+    if (need_wake && defer)
+        atomic_store(&n->wake_owed, true);
+    else if (need_wake)
         wake(n);
     return rc;
 }
@@ -1794,13 +1798,14 @@ int net_send_frame(struct net *n, uint32_t to, uint8_t type, const void *payload
     if (rc)
         return rc;
     struct out_frame *f = out_frame_new(type, payload, len);
-    rc = enqueue(n, to, f);
+    rc = enqueue(n, to, f, false);
     if (rc)
         out_frame_free(f);
     return rc;
 }
 
-int net_send_frame_buf(struct net *n, uint32_t to, uint8_t type, struct buf *frame)
+static int send_frame_buf(struct net *n, uint32_t to, uint8_t type, struct buf *frame,
+                          bool defer)
 {
     ASSERT(frame->len >= NET_FRAME_HEADER_BYTES);
     size_t len = frame->len - NET_FRAME_HEADER_BYTES;
@@ -1816,7 +1821,7 @@ int net_send_frame_buf(struct net *n, uint32_t to, uint8_t type, struct buf *fra
     f->next = NULL;
     f->data = f->own = frame->data; /* the caller's buffer becomes the frame */
     f->len = frame->len;
-    rc = enqueue(n, to, f);
+    rc = enqueue(n, to, f, defer);
     if (rc) {
         free(f); /* the bytes stay the caller's */
         return rc;
@@ -1825,12 +1830,17 @@ int net_send_frame_buf(struct net *n, uint32_t to, uint8_t type, struct buf *fra
     return 0;
 }
 
+int net_send_frame_buf(struct net *n, uint32_t to, uint8_t type, struct buf *frame)
+{
+    return send_frame_buf(n, to, type, frame, false);
+}
+
 int net_send(struct net *n, uint32_t to, const void *payload, size_t len)
 {
     return net_send_frame(n, to, NET_FRAME_PX, payload, len);
 }
 
-int net_send_msg(struct net *n, const struct px_msg *m)
+static int send_msg(struct net *n, const struct px_msg *m, bool defer)
 {
     int rc = check_dest(n, m->to, NET_FRAME_PX, 0);
     if (rc)
@@ -1844,9 +1854,25 @@ int net_send_msg(struct net *n, const struct px_msg *m)
     buf_append_space(&b, NET_FRAME_HEADER_BYTES);
     rc = px_msg_encode(m, &b);
     if (rc == 0)
-        rc = net_send_frame_buf(n, m->to, NET_FRAME_PX, &b);
+        rc = send_frame_buf(n, m->to, NET_FRAME_PX, &b, defer);
     buf_deinit(&b); /* empty if the net took it */
     return rc;
+}
+
+int net_send_msg(struct net *n, const struct px_msg *m)
+{
+    return send_msg(n, m, false);
+}
+
+int net_send_msg_deferred(struct net *n, const struct px_msg *m)
+{
+    return send_msg(n, m, true);
+}
+
+void net_flush(struct net *n)
+{
+    if (atomic_exchange(&n->wake_owed, false))
+        wake(n);
 }
 
 /* The open client with handle `client`, or NULL; the caller holds

@@ -236,6 +236,14 @@ int net_send(struct net *n, uint32_t to, const void *payload, size_t len);
 /* Encodes m (px_msg_encode) straight into a frame for m->to: the encoding is
  * the one copy. Errors as net_send, or -EINVAL if m does not encode. */
 int net_send_msg(struct net *n, const struct px_msg *m);
+/* net_send_msg that queues m without waking the loop: net_flush does, once
+ * for all the messages deferred since the last flush. A sender of several
+ * messages in a row (the replica thread: one batch to every peer) costs the
+ * loop one wakeup instead of one per message, which it would otherwise pay
+ * whenever the loop, running on another core, drains the first wake before
+ * the second message is queued. Until the flush, the frames may wait. */
+int net_send_msg_deferred(struct net *n, const struct px_msg *m);
+void net_flush(struct net *n);
 
 /* Answers one outstanding CLIENT_REQ of client connection `client` (the
  * handle on_client_req got) with a CLIENT_REPLY carrying a copy of payload.
