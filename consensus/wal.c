@@ -66,7 +66,8 @@ struct wal {
     pthread_mutex_t truncate_mu;
     pthread_mutex_t write_mu;
     int fd;                   /* the live segment (segs[nsegs - 1]) */
-    uint64_t live_file_bytes; /* its file's size: more than its records when recycled */
+    uint64_t live_file_bytes; /* its file's size: more than its records when
+                                 recycled or written ahead (zero_ahead) */
     struct wal_segment *segs; /* in LSN order; never empty after open */
     size_t nsegs, segs_cap;
     uint64_t next_lsn;
@@ -461,7 +462,8 @@ static void durable_advance(struct wal *w, uint64_t lsn)
     pthread_mutex_unlock(&w->sync_mu);
 }
 
-/* Cuts a recycled live segment at its last record: its earlier life goes.
+/* Cuts a recycled live segment at its last record: its earlier life goes,
+ * as do the zeros written ahead of the records (zero_ahead).
  * Before a roll, because every segment but the last ends at its last record
  * (wal.h, invariant 2); at close, so that a clean restart cuts nothing and
  * logs no torn tail. 1 if it cut (not yet durable), 0 if there was nothing
@@ -513,6 +515,43 @@ static int roll(struct wal *w)
 
 /* --------------------------------------------------------------- append */
 
+/* Small records overwrite zeros written ahead of them instead of growing
+ * the file. An fdatasync after an append that grew the file must commit
+ * the file system's journal (the size changed, new blocks were allocated);
+ * after an overwrite of written blocks it only flushes the data. With the
+ * three replicas of a cluster on one disk, each round's three journal
+ * commits queue behind each other: on this project's machine a 4 KiB
+ * record + fdatasync took 0.61-0.72 ms in three processes at once when
+ * appended, 0.41-0.43 ms when overwritten (0.50-0.58 and 0.39-0.44 ms in
+ * one). fallocate() does not help: its unwritten extents are converted,
+ * in the journal, at the first write. So the live segment gets
+ * ZERO_AHEAD_BYTES of zeros at a time, which the next fdatasync makes
+ * durable with one journal commit for the many records that follow.
+ * Records too large to amortize that are appended as before. The zeros
+ * past the last record are what recovery already takes for a torn tail
+ * after a crash; a roll and wal_close cut them off as they do a recycled
+ * file's tail. */
+#define ZERO_AHEAD_BYTES ((uint64_t)1 << 20)
+#define ZERO_AHEAD_RECORD_MAX ((uint64_t)64 << 10)
+
+/* Writes zeros past the live file's end until it is ZERO_AHEAD_BYTES
+ * longer than `end` (the end of the record about to be written), or as
+ * long as the segment may grow. Called with write_mu held. If the disk
+ * refuses (full), the record is appended as it would be without this. */
+static void zero_ahead(struct wal *w, uint64_t end)
+{
+    static const uint8_t zeros[64 << 10];
+    uint64_t to = MAX(end, MIN(w->segment_bytes, end + ZERO_AHEAD_BYTES));
+    uint64_t at = w->live_file_bytes;
+    while (at < to) {
+        ssize_t k = pwrite(w->fd, zeros, (size_t)MIN(to - at, (uint64_t)sizeof zeros), (off_t)at);
+        if (k <= 0)
+            break;
+        at += (uint64_t)k;
+    }
+    w->live_file_bytes = at;
+}
+
 int wal_appendv(struct wal *w, uint8_t type, const struct iovec *iov,
                 int iovcnt, uint64_t *lsn_out)
 {
@@ -541,6 +580,8 @@ int wal_appendv(struct wal *w, uint8_t type, const struct iovec *iov,
         pthread_mutex_unlock(&w->write_mu);
         return rc == -ENOMEM ? rc : -EIO;
     }
+    if (live->bytes + rec_bytes > w->live_file_bytes && rec_bytes <= ZERO_AHEAD_RECORD_MAX)
+        zero_ahead(w, live->bytes + rec_bytes);
     uint64_t lsn = w->next_lsn;
     uint8_t hdr[WAL_RECORD_HEADER_BYTES];
     record_header_fill(hdr, lsn, type, (uint32_t)len);

@@ -541,6 +541,109 @@ Test(wal, zero_filled_tail_counts_as_torn)
     free(big);
 }
 
+static uint64_t file_size(const char *path)
+{
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0, "%s", path);
+    return (uint64_t)st.st_size;
+}
+
+/* The end of the records 1..n of len_of in the first segment. */
+static uint64_t records_end(len_fn len_of, uint64_t n)
+{
+    uint64_t end = WAL_SEGMENT_HEADER_BYTES;
+    for (uint64_t lsn = 1; lsn <= n; lsn++)
+        end += WAL_RECORD_HEADER_BYTES + len_of(lsn);
+    return end;
+}
+
+/* Small records go over zeros written a MiB ahead (wal.c, zero_ahead): the
+ * file does not grow with each one. What a crash leaves past the last
+ * record is zeros, cut at the next open like any torn tail; a clean close
+ * cuts them itself. */
+Test(wal, small_records_overwrite_zeros_written_ahead)
+{
+    char p[PATH_MAX];
+    seg_path(p, sizeof p, 1);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) { /* appends, syncs, and dies without closing (no cr_assert here) */
+        struct wal *w = NULL;
+        if (wal_open(dir, NULL, &w) != 0)
+            _exit(2);
+        uint8_t buf[64];
+        for (uint64_t lsn = 1; lsn <= 10; lsn++) {
+            uint64_t got = 0;
+            model_payload(lsn, buf, len_small(lsn));
+            if (wal_append(w, model_type(lsn), buf, len_small(lsn), &got) != 0 || got != lsn)
+                _exit(3);
+        }
+        struct stat sb;
+        _exit(wal_sync(w, 10) == 0 && stat(p, &sb) == 0 &&
+                      (uint64_t)sb.st_size == records_end(len_small, 1) + (1u << 20)
+                  ? 0 : 4);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child: status %d", status);
+    size_t len;
+    uint8_t *img = read_all(p, &len);
+    uint64_t end = records_end(len_small, 10);
+    for (size_t i = end; i < len; i++)
+        cr_assert_eq(img[i], 0, "byte %zu past the records", i);
+    free(img);
+
+    log_reset();
+    struct wal *w = open_ok(NULL);
+    cr_assert_eq(replay_check(w, len_small, 1), 10);
+    struct wal_stats st;
+    wal_get_stats(w, &st);
+    cr_assert_eq(st.recovered_cut_bytes, len - end);
+    cr_assert_not_null(strstr(logbuf, "event=wal_torn_tail"));
+    append_n(w, len_small, 5);
+    cr_assert_gt(file_size(p), records_end(len_small, 15));
+    cr_assert_eq(wal_close(w), 0);
+    cr_assert_eq(file_size(p), records_end(len_small, 15), "close cuts the zeros");
+
+    log_reset();
+    w = open_ok(NULL);
+    cr_assert_eq(replay_check(w, len_small, 1), 15);
+    cr_assert_null(strstr(logbuf, "wal_torn"), "%s", logbuf);
+    cr_assert_eq(wal_close(w), 0);
+}
+
+/* Zeros never go past segment_bytes, and a record too large to gain from
+ * them (more than 64 KiB) is appended as it is. */
+static size_t len_big_first(uint64_t lsn) { return lsn == 1 ? 100000 : 50; }
+
+Test(wal, zeros_ahead_stop_at_the_segment_size_and_skip_large_records)
+{
+    struct wal *w = open_ok(NULL);
+    append_n(w, len_big_first, 1);
+    char p[PATH_MAX];
+    seg_path(p, sizeof p, 1);
+    cr_assert_eq(file_size(p), records_end(len_big_first, 1));
+    cr_assert_eq(wal_close(w), 0);
+    rm_dir_files(dir);
+
+    struct wal_options o = {.segment_bytes = 1000};
+    w = open_ok(&o);
+    append_n(w, len_100, 3);
+    cr_assert_eq(file_size(p), 1000);
+    append_n(w, len_100, 20); /* rolls: each full segment is cut at its last record */
+    uint64_t segs[64];
+    size_t n = list_segs(segs, 64);
+    cr_assert_gt(n, 2);
+    for (size_t i = 0; i + 1 < n; i++) {
+        seg_path(p, sizeof p, segs[i]);
+        cr_assert_eq(file_size(p),
+                     WAL_SEGMENT_HEADER_BYTES + (segs[i + 1] - segs[i]) * (WAL_RECORD_HEADER_BYTES + 100),
+                     "segment %" PRIu64, segs[i]);
+    }
+    cr_assert_eq(replay_check(w, len_100, 1), 23);
+    cr_assert_eq(wal_close(w), 0);
+}
+
 /* Builds a WAL of several segments (about 5 records of 100 B each). */
 static size_t multi_segment_wal(uint64_t *segs, size_t cap, int records)
 {
