@@ -66,6 +66,8 @@ struct wal {
     pthread_mutex_t truncate_mu;
     pthread_mutex_t write_mu;
     int fd;                   /* the live segment (segs[nsegs - 1]) */
+    int syncing_fd;           /* the fd lead_sync syncs outside write_mu, or -1 */
+    int retired_fd;           /* that fd, if a roll replaced it meanwhile: lead_sync closes it */
     uint64_t live_file_bytes; /* its file's size: more than its records when
                                  recycled or written ahead (zero_ahead) */
     struct wal_segment *segs; /* in LSN order; never empty after open */
@@ -505,7 +507,10 @@ static int roll(struct wal *w)
         w->nsegs--;
         return rc;
     }
-    close(w->fd);
+    if (w->fd == w->syncing_fd)
+        w->retired_fd = w->fd;
+    else
+        close(w->fd);
     w->fd = fd;
     w->live_file_bytes = file_bytes;
     atomic_fetch_add(&w->n_segments_created, 1);
@@ -629,14 +634,18 @@ static int lead_sync(struct wal *w, uint64_t *covered)
 {
     pthread_mutex_lock(&w->write_mu);
     uint64_t target = w->next_lsn - 1;
-    /* A dup keeps the file open even if a roll closes w->fd meanwhile. */
-    int fd = fcntl(w->fd, F_DUPFD_CLOEXEC, 0);
-    int err = fd < 0 ? -errno : 0;
+    /* Synced outside the lock; a roll meanwhile leaves this fd open for us
+     * to close (a dup per sync would cost two more syscalls each time). */
+    int fd = w->syncing_fd = w->fd;
     pthread_mutex_unlock(&w->write_mu);
-    if (fd < 0)
-        return err;
     int rc = sync_fd(w, fd, false);
-    close(fd);
+    pthread_mutex_lock(&w->write_mu);
+    w->syncing_fd = -1;
+    if (w->retired_fd >= 0) {
+        close(w->retired_fd);
+        w->retired_fd = -1;
+    }
+    pthread_mutex_unlock(&w->write_mu);
     if (rc == 0)
         *covered = target;
     return rc;
@@ -671,14 +680,6 @@ int wal_sync(struct wal *w, uint64_t lsn)
         pthread_mutex_unlock(&w->sync_mu);
         uint64_t covered = 0;
         int lrc = lead_sync(w, &covered);
-        if (lrc == -EMFILE || lrc == -ENFILE) {
-            /* dup failed: nothing was synced, nothing is lost. */
-            pthread_mutex_lock(&w->sync_mu);
-            w->syncing = false;
-            pthread_cond_broadcast(&w->sync_cv);
-            rc = -EIO;
-            break;
-        }
         if (lrc)
             set_failed(w, "fdatasync of the live segment", lrc);
         pthread_mutex_lock(&w->sync_mu);
@@ -1061,7 +1062,7 @@ int wal_open(const char *dir, const struct wal_options *opts, struct wal **out)
     if (!w)
         return -ENOMEM;
     w->dir = strdup(dir);
-    w->fd = w->dir_fd = -1;
+    w->fd = w->dir_fd = w->syncing_fd = w->retired_fd = -1;
     w->node = o.node;
     w->segment_bytes = o.segment_bytes;
     w->record_bytes_max = o.record_bytes_max;
