@@ -104,3 +104,15 @@ uint64_t get_u64(struct reader *r)
     const uint8_t *p = get_bytes(r, 8);
     return p ? le_get_u64(p) : 0;
 }
+
+bool mem_is_zero(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    /* Byte-wise up to 16, then compare the buffer with itself shifted by 16:
+     * memcmp is vectorised, a byte loop is not. */
+    size_t head = MIN(n, (size_t)16);
+    for (size_t i = 0; i < head; i++)
+        if (b[i])
+            return false;
+    return n <= 16 || memcmp(b, b + 16, n - 16) == 0;
+}

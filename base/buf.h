@@ -33,6 +33,9 @@ void buf_put_u64(struct buf *b, uint64_t v);
 /* Overwrites 4 bytes at an earlier offset (for lengths known afterwards). */
 void buf_patch_u32(struct buf *b, size_t off, uint32_t v);
 
+/* True if p[0..n) is all zero bytes (also for n == 0). */
+bool mem_is_zero(const void *p, size_t n);
+
 struct reader {
     const uint8_t *p;
     size_t len;

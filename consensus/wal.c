@@ -882,10 +882,19 @@ static int recover_segment(struct wal *w, struct wal_segment *seg, bool last,
                             wal_decode_strerror(s.bad_rc));
             goto out;
         }
-        LOG_W("event=wal_torn_tail node=%u file=%s/%s offset=%zu cut_bytes=%zu "
-              "records_kept=%" PRIu64 " what=\"%s\" action=\"cut at the last good record\"",
-              w->node, w->dir, name, s.end, m.len - s.end, s.records,
-              wal_decode_strerror(s.bad_rc));
+        /* Zeros are what a crash leaves of the zeros written ahead of the
+         * records (zero_ahead): expected after every crash, so not a
+         * warning. Anything else is a record torn in the middle. */
+        if (mem_is_zero(m.p + s.end, m.len - s.end))
+            LOG_I("event=wal_torn_tail node=%u file=%s/%s offset=%zu cut_bytes=%zu "
+                  "records_kept=%" PRIu64 " what=\"zeros past the last record\" "
+                  "action=\"cut at the last good record\"",
+                  w->node, w->dir, name, s.end, m.len - s.end, s.records);
+        else
+            LOG_W("event=wal_torn_tail node=%u file=%s/%s offset=%zu cut_bytes=%zu "
+                  "records_kept=%" PRIu64 " what=\"%s\" action=\"cut at the last good record\"",
+                  w->node, w->dir, name, s.end, m.len - s.end, s.records,
+                  wal_decode_strerror(s.bad_rc));
         seg_unmap(&m);
         if (ftruncate(m.fd, (off_t)s.end) != 0) {
             rc = -errno;

@@ -19,7 +19,10 @@
  *                    payload)
  *
  * All integers are little-endian. A writer rolls to a new segment when the
- * next record would take the current one past segment_bytes.
+ * next record would take the current one past segment_bytes. Records of up
+ * to 64 KiB are written over zeros written ahead of them, a MiB at a time
+ * (wal.c, zero_ahead: an fdatasync then has no journal to commit), so the
+ * live segment's file usually ends in zeros; a roll and wal_close cut them.
  *
  * Recycled segments: wal_truncate_before renames up to two of the segments
  * it cuts off to DIR/spare-<their first LSN>, and a later roll reuses such
@@ -52,7 +55,8 @@
  *     not decode (or an earlier life's record in a recycled file), after
  *     which no valid record of this segment can be found anywhere in the
  *     rest of the file (a zero-filled tail counts as torn). It is cut at the
- *     last good record (ftruncate + fdatasync) and logged with LOG_W.
+ *     last good record (ftruncate + fdatasync) and logged: with LOG_I if
+ *     what was cut is all zeros (what every crash leaves), else LOG_W.
  *   - A last segment whose header is torn or short and that holds no valid
  *     record (a crash while creating it) is rewritten as an empty segment.
  *   - Anything else that is wrong is a disk fault: a bad record followed by

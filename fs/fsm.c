@@ -50,6 +50,7 @@
 #include "fs/store.h"
 
 #include "base/assert.h"
+#include "base/buf.h"
 #include "base/crc32c.h"
 #include "base/log.h"
 
@@ -711,7 +712,7 @@ static int block_build(struct fsm *f, const struct inode *in, uint64_t index, ui
         data = b;
     }
     out->index = index;
-    if (store_is_zero(data, new_len)) {
+    if (mem_is_zero(data, new_len)) {
         out->name = STORE_NAME_NONE;
         out->len = 0;
         return 0;

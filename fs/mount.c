@@ -1363,7 +1363,7 @@ static int64_t propose_blocks(struct mnt *m, const struct fsm_op *proto, const u
         size_t len = 0;
         size_t at = b.len;
         buf_append_space(&b, FSM_WRITE_BLOCK_ENTRY_HDR + fmax);
-        if (!store_is_zero(p, bs) &&
+        if (!mem_is_zero(p, bs) &&
             store_encode(m->store, p, bs, &name, b.data + at + FSM_WRITE_BLOCK_ENTRY_HDR, fmax,
                          &len) != 0) {
             buf_deinit(&b);

@@ -107,7 +107,7 @@ const struct evp_md_st *store_hash(void)
 
 bool store_name_is_none(const struct store_name *n)
 {
-    return store_is_zero(n->b, sizeof n->b);
+    return mem_is_zero(n->b, sizeof n->b);
 }
 
 bool store_name_eq(const struct store_name *a, const struct store_name *b)
@@ -160,18 +160,6 @@ int store_name_of(const void *p, size_t n, struct store_name *out)
         return -ENOMEM;
     *out = name;
     return 0;
-}
-
-bool store_is_zero(const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    /* Byte-wise up to 16, then compare the buffer with itself shifted by 16:
-     * memcmp is vectorised, a byte loop is not. */
-    size_t head = MIN(n, (size_t)16);
-    for (size_t i = 0; i < head; i++)
-        if (b[i])
-            return false;
-    return n <= 16 || memcmp(b, b + 16, n - 16) == 0;
 }
 
 static void block_path(const struct store_name *n, char out[PATH_LEN])

@@ -3,10 +3,11 @@
  * A block is at most block_size plain bytes (a cluster setting recorded in
  * ROOT/FORMAT at the first open). Callers split a file into blocks at aligned
  * offsets; the last block may be shorter, and a hole is an absent block
- * (store_is_zero() tells a caller which blocks to skip, STORE_NAME_NONE is
- * the name a block map uses for "no block"). A block is named by the hash of
- * its plain bytes (SHA-512/256, store_hash()) and stored zstd-compressed, or
- * raw where compression saves less than 1/64 of its size.
+ * (mem_is_zero() of base/buf.h tells a caller which blocks to skip,
+ * STORE_NAME_NONE is the name a block map uses for "no block"). A block is
+ * named by the hash of its plain bytes (SHA-512/256, store_hash()) and
+ * stored zstd-compressed, or raw where compression saves less than 1/64 of
+ * its size.
  *
  * On disk, under ROOT:
  *
@@ -99,8 +100,6 @@ const struct evp_md_st *store_hash(void);
 /* The hash of p[0..n). -ENOMEM or -EIO if OpenSSL fails. */
 int store_name_of(const void *p, size_t n, struct store_name *out);
 
-/* True if p[0..n) is all zero bytes: such a block is a hole, not stored. */
-bool store_is_zero(const void *p, size_t n);
 
 /* ---- the block-file codec (pure; the decoder is a fuzz target) ---- */
 

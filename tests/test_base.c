@@ -65,6 +65,18 @@ Test(buf, patch_overwrites_earlier_length)
     buf_deinit(&b);
 }
 
+Test(buf, mem_is_zero_finds_a_single_nonzero_byte_anywhere)
+{
+    uint8_t b[100] = {0};
+    cr_assert(mem_is_zero(b, sizeof b));
+    cr_assert(mem_is_zero(b, 0));
+    for (size_t i = 0; i < sizeof b; i++) {
+        b[i] = 1;
+        cr_assert_not(mem_is_zero(b, sizeof b), "byte %zu", i);
+        b[i] = 0;
+    }
+}
+
 Test(crc32c, matches_the_standard_check_value)
 {
     cr_assert_eq(crc32c(0, "123456789", 9), 0xe3069283u);

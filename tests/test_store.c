@@ -9,6 +9,7 @@
 #include "fsm_fixture.h"
 
 #include "base/assert.h"
+#include "base/buf.h"
 #include "base/fault.h"
 #include "base/prng.h"
 
@@ -169,18 +170,6 @@ Test(store, name_is_the_sha512_256_of_the_plain_bytes)
     cr_assert_not(store_name_is_none(&n));
 }
 
-Test(store, is_zero_finds_a_single_nonzero_byte_anywhere)
-{
-    uint8_t buf[100] = {0};
-    cr_assert(store_is_zero(buf, sizeof buf));
-    cr_assert(store_is_zero(buf, 0));
-    for (size_t i = 0; i < sizeof buf; i++) {
-        buf[i] = 1;
-        cr_assert_not(store_is_zero(buf, sizeof buf), "byte %zu", i);
-        buf[i] = 0;
-    }
-}
-
 /* ---- round trips and encodings ---- */
 
 Test(store, compressible_full_block_round_trips_as_zstd)
@@ -241,7 +230,7 @@ Test(store, all_zero_block_is_flagged_and_still_round_trips)
 {
     struct store *s = open_store(BS, 0);
     uint8_t *data = calloc(1, BS);
-    cr_assert(store_is_zero(data, BS));
+    cr_assert(mem_is_zero(data, BS));
     struct store_name n;
     cr_assert_eq(store_put(s, data, BS, &n), 0);
     struct store_block_hdr h = read_hdr(&n);
