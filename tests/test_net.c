@@ -579,11 +579,9 @@ Test(net, three_endpoints_exchange_between_every_pair)
         ep_free(&e[i]);
 }
 
-/* The replica thread's way of sending: a run of deferred messages, then
- * one net_flush, which wakes the loop once for all of them. */
-Test(net, deferred_messages_go_out_in_order_at_the_flush)
+/* Nodes 1 and 2, up, node 2 decoding consensus messages (ep_on_msg). */
+static void start_pair_decoding(struct ep e[2])
 {
-    struct ep e[2];
     struct net_config c;
     ep_config(&c, 1, 2, "node1");
     ep_init(&e[0], 1, &c);
@@ -592,6 +590,14 @@ Test(net, deferred_messages_go_out_in_order_at_the_flush)
     ep_init(&e[1], 2, &c);
     start_all(e, 2);
     wait_all_up(e, 2);
+}
+
+/* The replica thread's way of sending: a run of deferred messages, then
+ * one net_flush, which wakes the loop once for all of them. */
+Test(net, deferred_messages_go_out_in_order_at_the_flush)
+{
+    struct ep e[2];
+    start_pair_decoding(e);
 
     net_flush(e[0].net); /* nothing owed: nothing happens */
     for (uint64_t commit = 1; commit <= 3; commit++) {
@@ -620,14 +626,7 @@ Test(net, deferred_messages_go_out_in_order_at_the_flush)
 Test(net, send_msg_delivers_a_decoded_consensus_message)
 {
     struct ep e[2];
-    struct net_config c;
-    ep_config(&c, 1, 2, "node1");
-    ep_init(&e[0], 1, &c);
-    ep_config(&c, 2, 2, "node2");
-    c.on_msg = ep_on_msg;
-    ep_init(&e[1], 2, &c);
-    start_all(e, 2);
-    wait_all_up(e, 2);
+    start_pair_decoding(e);
 
     struct px_entry entries[2] = {
         {.slot = 7, .ballot = 0x10001, .value = px_value_new("first", 5)},
