@@ -526,8 +526,8 @@ static int roll(struct wal *w)
  * after an overwrite of written blocks it only flushes the data. With the
  * three replicas of a cluster on one disk, each round's three journal
  * commits queue behind each other: on this project's machine a 4 KiB
- * record + fdatasync took 0.61-0.72 ms in three processes at once when
- * appended, 0.41-0.43 ms when overwritten (0.50-0.58 and 0.39-0.44 ms in
+ * record + fdatasync took 0.61-0.85 ms in three processes at once when
+ * appended, 0.41-0.49 ms when overwritten (0.50-0.58 and 0.39-0.44 ms in
  * one). fallocate() does not help: its unwritten extents are converted,
  * in the journal, at the first write. So the live segment gets
  * ZERO_AHEAD_BYTES of zeros at a time, which the next fdatasync makes
