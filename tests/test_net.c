@@ -579,6 +579,27 @@ Test(net, three_endpoints_exchange_between_every_pair)
         ep_free(&e[i]);
 }
 
+struct msgs_arg {
+    struct ep *e;
+    uint64_t want;
+};
+
+static bool has_msgs(void *arg)
+{
+    struct msgs_arg *a = arg;
+    pthread_mutex_lock(&a->e->mu);
+    bool ok = a->e->msgs >= a->want;
+    pthread_mutex_unlock(&a->e->mu);
+    return ok;
+}
+
+/* Waits until e has decoded `want` consensus messages (ep_on_msg). */
+static void wait_msgs(struct ep *e, uint64_t want, const char *what)
+{
+    struct msgs_arg a = {e, want};
+    cr_assert(wait_for(has_msgs, &a, 10 * SEC), "%s never arrived", what);
+}
+
 /* Nodes 1 and 2, up, node 2 decoding consensus messages (ep_on_msg). */
 static void start_pair_decoding(struct ep e[2])
 {
@@ -606,19 +627,10 @@ Test(net, deferred_messages_go_out_in_order_at_the_flush)
         cr_assert_eq(net_send_msg_deferred(e[0].net, &hb), 0);
     }
     net_flush(e[0].net);
-    uint64_t deadline = clock_now_ns() + 10 * SEC;
-    for (;;) {
-        pthread_mutex_lock(&e[1].mu);
-        bool done = e[1].msgs >= 3;
-        uint64_t last = e[1].last_msg.commit;
-        pthread_mutex_unlock(&e[1].mu);
-        if (done) {
-            cr_assert_eq(last, 3, "the last one sent arrives last");
-            break;
-        }
-        cr_assert_lt(clock_now_ns(), deadline, "deferred messages never arrived");
-        usleep(1000);
-    }
+    wait_msgs(&e[1], 3, "the deferred messages");
+    pthread_mutex_lock(&e[1].mu);
+    cr_assert_eq(e[1].last_msg.commit, 3, "the last one sent arrives last");
+    pthread_mutex_unlock(&e[1].mu);
     ep_free(&e[0]);
     ep_free(&e[1]);
 }
@@ -644,15 +656,7 @@ Test(net, send_msg_delivers_a_decoded_consensus_message)
     hb.from = 1;
     cr_assert_eq(net_send_msg(e[0].net, &hb), 0);
 
-    uint64_t deadline = clock_now_ns() + 10 * SEC;
-    while (clock_now_ns() < deadline) {
-        pthread_mutex_lock(&e[1].mu);
-        uint64_t got = e[1].msgs;
-        pthread_mutex_unlock(&e[1].mu);
-        if (got >= 2)
-            break;
-        usleep(1000);
-    }
+    wait_msgs(&e[1], 2, "the ACCEPT and the heartbeat");
     pthread_mutex_lock(&e[1].mu);
     cr_assert_eq(e[1].msgs, 2);
     cr_assert_eq(e[1].last_msg.type, PX_MSG_HEARTBEAT);
@@ -660,28 +664,19 @@ Test(net, send_msg_delivers_a_decoded_consensus_message)
 
     /* the ACCEPT arrived intact: send it again and look at it */
     cr_assert_eq(net_send_msg(e[0].net, &m), 0);
-    deadline = clock_now_ns() + 10 * SEC;
-    for (;;) {
-        pthread_mutex_lock(&e[1].mu);
-        bool done = e[1].msgs >= 3;
-        if (done) {
-            const struct px_msg *r = &e[1].last_msg;
-            cr_assert_eq(r->type, PX_MSG_ACCEPT);
-            cr_assert_eq(r->from, 1);
-            cr_assert_eq(r->commit, 6);
-            cr_assert_eq(r->n_entries, 2);
-            cr_assert_eq(r->entries[0].slot, 7);
-            cr_assert_eq(r->entries[0].value->len, 5);
-            cr_assert_eq(memcmp(r->entries[0].value->data, "first", 5), 0);
-            cr_assert_eq(r->entries[1].value->len, LARGE);
-            cr_assert_eq(memcmp(r->entries[1].value->data, entries[1].value->data, LARGE), 0);
-        }
-        pthread_mutex_unlock(&e[1].mu);
-        if (done)
-            break;
-        cr_assert_lt(clock_now_ns(), deadline, "ACCEPT never arrived");
-        usleep(1000);
-    }
+    wait_msgs(&e[1], 3, "the second ACCEPT");
+    pthread_mutex_lock(&e[1].mu);
+    const struct px_msg *r = &e[1].last_msg;
+    cr_assert_eq(r->type, PX_MSG_ACCEPT);
+    cr_assert_eq(r->from, 1);
+    cr_assert_eq(r->commit, 6);
+    cr_assert_eq(r->n_entries, 2);
+    cr_assert_eq(r->entries[0].slot, 7);
+    cr_assert_eq(r->entries[0].value->len, 5);
+    cr_assert_eq(memcmp(r->entries[0].value->data, "first", 5), 0);
+    cr_assert_eq(r->entries[1].value->len, LARGE);
+    cr_assert_eq(memcmp(r->entries[1].value->data, entries[1].value->data, LARGE), 0);
+    pthread_mutex_unlock(&e[1].mu);
 
     /* a message whose from is not the authenticated sender is dropped and
      * the connection closed */
