@@ -276,6 +276,7 @@ struct px_node {
     uint32_t ticks_since_leader;
     uint32_t election_timeout;
     uint32_t ticks_waiting; /* follower/candidate: ticks since the timer reset */
+    uint32_t elections;     /* started since this node last followed or led */
     uint64_t fetch_tick;    /* last FETCH sent */
     uint64_t snapshot_tick; /* last snapshot request handed out */
     bool snapshot_pending;  /* asked the caller for a snapshot, not installed yet */
@@ -387,6 +388,7 @@ void px_config_defaults(struct px_config *c, uint32_t id, uint32_t n_nodes)
     c->ticks_heartbeat = 1;
     c->ticks_election = 10;
     c->window = 32;
+    c->window_bytes = 32u << 20;
     c->batch_count_max = 4096;
     c->batch_bytes_max = 4u << 20;
     c->pending_max = PX_SESSION_WINDOW;
@@ -501,10 +503,16 @@ static void read_done(struct px_node *n, uint64_t id, uint64_t index, int status
     n->done_reads[n->n_done_reads++] = (struct px_read){id, index, status};
 }
 
+/* A random timeout in [t, 2t) ticks, t the election timeout doubled for
+ * each election after the first that this node started without following
+ * or leading in between, up to 8 times: candidates whose rounds take longer
+ * than one timeout (slow disks, megabytes of accepted values to report)
+ * stop pre-empting each other (randomized exponential backoff). */
 static void reset_election_timer(struct px_node *n)
 {
-    uint32_t t = n->cfg.ticks_election;
-    n->election_timeout = (uint32_t)prng_range(&n->rng, t, 2 * (uint64_t)t - 1);
+    uint32_t shift = n->elections < 2 ? 0 : MIN(n->elections - 1, 3u);
+    uint64_t t = (uint64_t)n->cfg.ticks_election << shift;
+    n->election_timeout = (uint32_t)prng_range(&n->rng, t, 2 * t - 1);
     n->ticks_waiting = 0;
 }
 
@@ -840,6 +848,7 @@ static void follow_leader(struct px_node *n, uint32_t from, uint64_t ballot)
     n->leader = from;
     n->leader_ballot = ballot;
     n->ticks_since_leader = 0;
+    n->elections = 0;
     reset_election_timer(n);
     if (changed) {
         LOG_D("node=%u event=follow leader=%u ballot=%llu", n->cfg.id, from,
@@ -875,7 +884,12 @@ static void on_accept(struct px_node *n, const struct px_msg *m)
         struct slot_rec *rr = rec_put(n, e->slot);
         if (!rr)
             continue; /* too far ahead: catch up first */
-        if (!rr->chosen) {
+        /* A retransmission of what this node accepted at this ballot (one
+         * value per slot and ballot) is acknowledged, not written again:
+         * the first copy went out in this batch or an earlier one, and this
+         * ack leaves after the batch is durable. */
+        bool held = rr->value && rr->ballot == m->ballot;
+        if (!rr->chosen && !held) {
             rec_set(rr, m->ballot, e->value);
             persist_push(n, e->slot, m->ballot, e->value);
         }
@@ -1102,6 +1116,7 @@ static void start_probe(struct px_node *n)
     n->leader = 0;
     n->ballot = ballot_next(MAX(n->promised, n->max_seen), n->cfg.id);
     n->votes = node_bit(n->cfg.id);
+    n->elections++;
     reset_election_timer(n);
     if (n->quorum == 1) {
         start_phase1(n);
@@ -1245,6 +1260,7 @@ static void become_leader(struct px_node *n)
     n->leader = n->cfg.id;
     n->leader_ballot = n->ballot;
     n->ticks_since_leader = 0;
+    n->elections = 0;
     n->lead_start_tick = n->now;
     for (uint32_t p = 1; p <= n->cfg.n_nodes; p++) {
         n->peer_heard[p] = n->now;
@@ -1289,11 +1305,31 @@ static bool leader_recovered(const struct px_node *n)
     return n->commit >= n->recovery_end;
 }
 
+/* The bytes of the values proposed and not yet chosen (at most window
+ * slots: cheaper to add up than to keep up to date). */
+static uint64_t bytes_in_flight(const struct px_node *n)
+{
+    uint64_t bytes = 0;
+    for (uint64_t s = MAX(n->commit + 1, n->log_first); s < n->next_slot && s < n->log_end; s++) {
+        const struct slot_rec *r = &n->recs[s & (n->cap - 1)];
+        bytes += r->value ? r->value->len : 0;
+    }
+    return bytes;
+}
+
+/* The window has room for another slot: fewer than window slots and
+ * window_bytes of values in flight. */
+static bool window_open(const struct px_node *n, uint64_t in_flight)
+{
+    return n->next_slot - n->commit - 1 < n->cfg.window && in_flight < n->cfg.window_bytes;
+}
+
 /* Cuts batches from the queue into new slots while the window has room. */
 static void leader_flush(struct px_node *n)
 {
     uint64_t first = n->next_slot;
-    while (n->q_len > 0 && n->next_slot - n->commit - 1 < n->cfg.window) {
+    uint64_t in_flight = bytes_in_flight(n);
+    while (n->q_len > 0 && window_open(n, in_flight)) {
         size_t count = 0, bytes = 4;
         while (count < n->q_len && count < n->cfg.batch_count_max) {
             struct px_value *v = n->queue[(n->q_head + count) % n->q_cap];
@@ -1317,6 +1353,7 @@ static void leader_flush(struct px_node *n)
         leader_accept_own(n, n->next_slot, batch);
         px_value_unref(batch);
         n->next_slot++;
+        in_flight += bytes;
     }
     if (n->next_slot > first) {
         broadcast_accepts(n, first, n->next_slot - 1);
@@ -1478,12 +1515,15 @@ static int step_leader(struct px_node *n, const struct px_msg *m)
 static void tick_leader(struct px_node *n)
 {
     n->ticks_since_leader = 0;
-    /* Step down when a quorum has not been heard for an election timeout:
-     * a partitioned leader must not keep clients waiting on it. */
-    if (n->now - n->lead_start_tick >= n->cfg.ticks_election) {
+    /* Step down when a quorum has not been heard for two election timeouts:
+     * a partitioned leader must not keep clients waiting on it. Not after
+     * one: a follower that is slow, not gone (a long fsync, no CPU), would
+     * depose a leader that the followers never stopped hearing. */
+    uint64_t silence = 2 * (uint64_t)n->cfg.ticks_election;
+    if (n->now - n->lead_start_tick >= silence) {
         uint32_t heard = 1;
         for (uint32_t p = 1; p <= n->cfg.n_nodes; p++)
-            if (is_peer(n, p) && n->now - n->peer_heard[p] < n->cfg.ticks_election)
+            if (is_peer(n, p) && n->now - n->peer_heard[p] < silence)
                 heard++;
         if (heard < n->quorum) {
             become_follower(n);
@@ -1492,8 +1532,12 @@ static void tick_leader(struct px_node *n)
     }
     if (++n->hb_elapsed >= n->cfg.ticks_heartbeat) {
         broadcast_heartbeat(n);
-        /* Retransmit accepts that a peer has not acknowledged for a while. */
-        uint64_t stale = 2 * (uint64_t)n->cfg.ticks_heartbeat + 1;
+        /* Retransmit accepts that a peer has not acknowledged for half an
+         * election timeout. The stream to a peer loses frames only when its
+         * connection drops or its queue is full; a slow disk delays acks
+         * for longer than a few heartbeats, and retransmitting megabytes
+         * to a follower that is still writing them only slows it down. */
+        uint64_t stale = MAX(2 * (uint64_t)n->cfg.ticks_heartbeat + 1, n->cfg.ticks_election / 2);
         uint64_t first = n->commit + 1, last = 0;
         for (uint64_t s = first; s < n->next_slot; s++) {
             struct slot_rec *r = rec_get(n, s);
@@ -1518,6 +1562,8 @@ struct px_node *px_new(const struct px_config *cfg)
     ASSERT(cfg->id >= 1 && cfg->id <= cfg->n_nodes);
     ASSERT(cfg->ticks_election >= 2 && cfg->ticks_heartbeat >= 1);
     ASSERT(cfg->window >= 1 && cfg->pending_max >= 1 && cfg->pending_max <= PX_SESSION_WINDOW);
+    ASSERT(cfg->window_bytes >= 1 &&
+           (uint64_t)cfg->window_bytes + cfg->batch_bytes_max <= PX_MSG_PROMISE_BYTES_MAX);
     ASSERT(cfg->session > 0 && cfg->batch_count_max >= 1 && cfg->fetch_entries_max >= 1);
     ASSERT(cfg->apply_entries_max >= 1);
     struct px_node *n = calloc(1, sizeof *n);
@@ -1776,7 +1822,7 @@ bool px_has_ready(const struct px_node *n)
            n->hb_now || n->snapshot_announce ||
            (n->role == PX_LEADER &&
             (n->commit > n->commit_sent ||
-             (n->q_len && n->next_slot - n->commit - 1 < n->cfg.window)));
+             (n->q_len && window_open(n, bytes_in_flight(n)))));
 }
 
 void px_ready(struct px_node *n, struct px_ready *rd)

@@ -187,6 +187,10 @@ struct px_config {
     uint32_t ticks_heartbeat;   /* leader heartbeat period, default 1 */
     uint32_t ticks_election;    /* election timeout lower bound, default 10 */
     uint32_t window;            /* slots in flight beyond commit, default 32 */
+    uint32_t window_bytes;      /* their values: a new slot only below this, default
+                                 * 32 MiB; with batch_bytes_max at most
+                                 * PX_MSG_PROMISE_BYTES_MAX, so that one PROMISE
+                                 * can report them all */
     uint32_t batch_count_max;   /* proposals per slot, default 4096 */
     uint32_t batch_bytes_max;   /* bytes per slot, default 4 MiB */
     uint32_t pending_max;       /* own proposals not yet chosen, <= PX_SESSION_WINDOW */

@@ -27,6 +27,9 @@ struct tnode {
     bool up;
     uint64_t session;
     struct persisted disk;
+    uint32_t persist_count[APPLIED_MAX]; /* times each slot's entry was persisted */
+    uint32_t probe_ticks[64];            /* C.ticks when each election probe went out */
+    int n_probes;
     /* what the state machine applied, slot by slot (proposal bytes joined) */
     char applied[APPLIED_MAX][64];
     uint64_t applied_to;
@@ -42,7 +45,8 @@ struct cluster {
     int n_queue;
     bool cut[N_MAX + 1][N_MAX + 1]; /* cut[a][b]: messages a->b are dropped */
     uint8_t drop_type;              /* messages of this type are dropped */
-    uint32_t window, batch_count_max; /* 0: defaults */
+    uint32_t window, batch_count_max, window_bytes; /* 0: defaults */
+    uint32_t ticks;                   /* tick_all rounds so far */
 };
 
 static struct cluster C;
@@ -65,6 +69,8 @@ static void node_boot(int id)
         cfg.window = C.window;
     if (C.batch_count_max)
         cfg.batch_count_max = C.batch_count_max;
+    if (C.window_bytes)
+        cfg.window_bytes = C.window_bytes;
     t->px = px_new(&cfg);
     t->up = true;
     px_restore_promised(t->px, t->disk.promised);
@@ -126,10 +132,15 @@ static void drain(int id)
             px_value_unref(t->disk.entries[s]);
             t->disk.entries[s] = px_value_ref(rd.persist[i].value);
             t->disk.ballots[s] = rd.persist[i].ballot;
+            t->persist_count[s]++;
         }
         if (rd.commit_changed)
             t->disk.commit = rd.commit;
         for (size_t i = 0; i < rd.n_msgs; i++) {
+            bool probe = rd.msgs[i].type == PX_MSG_PREPARE && rd.msgs[i].aux == 1;
+            if (probe && (t->n_probes == 0 || t->probe_ticks[t->n_probes - 1] != C.ticks) &&
+                t->n_probes < 64)
+                t->probe_ticks[t->n_probes++] = C.ticks; /* one per broadcast */
             cr_assert_lt(C.n_queue, 4096);
             px_msg_copy(&C.queue[C.n_queue++], &rd.msgs[i]);
         }
@@ -176,6 +187,7 @@ static void stabilize(void)
 static void tick_all(int ticks)
 {
     for (int k = 0; k < ticks; k++) {
+        C.ticks++;
         for (int i = 1; i <= C.n; i++) {
             if (!C.nodes[i].up)
                 continue;
@@ -392,6 +404,99 @@ Test(px, leader_that_cannot_hear_a_quorum_steps_down)
     cluster_fini();
 }
 
+/* A leader whose followers are slow, not gone, keeps its place: it steps
+ * down only after two election timeouts without hearing a quorum. (With
+ * one, a follower busy writing a few megabytes under load deposed it, and
+ * every election that followed carried those megabytes again.) */
+Test(px, leader_steps_down_after_two_election_timeouts_without_a_quorum)
+{
+    cluster_init(3);
+    int l = elect();
+    for (int i = 1; i <= 3; i++)
+        C.cut[i][l] = true; /* the leader hears no one; they hear it */
+    tick_all(15); /* more than one election timeout (10 ticks) */
+    cr_assert_eq(role_of(l), PX_LEADER);
+    tick_all(10);
+    cr_assert_neq(role_of(l), PX_LEADER);
+    cluster_fini();
+}
+
+/* Each election a node starts without having followed a leader since waits
+ * longer before the next (randomized, up to 8 election timeouts), so that
+ * two candidates whose rounds take longer than a timeout stop pre-empting
+ * each other. Hearing a leader resets it. */
+Test(px, failed_elections_back_off_exponentially_and_reset_on_a_leader)
+{
+    cluster_init(3);
+    int l = elect();
+    int lone = l % 3 + 1;
+    for (int i = 1; i <= 3; i++) {
+        C.cut[lone][i] = true;
+        C.cut[i][lone] = true;
+    }
+    int first = C.nodes[lone].n_probes;
+    tick_all(400);
+    struct tnode *t = &C.nodes[lone];
+    cr_assert_geq(t->n_probes - first, 5);
+    /* timeout k after the first probe is in [10 << min(k, 3), 20 << min(k, 3)) */
+    for (int k = 1; first + k + 1 < t->n_probes; k++) {
+        uint32_t gap = t->probe_ticks[first + k + 1] - t->probe_ticks[first + k];
+        uint32_t scale = 1u << (k < 3 ? k : 3);
+        cr_assert(gap >= 10 * scale && gap < 20 * scale, "probe %d came %u ticks after the one before",
+                  k + 1, gap);
+    }
+    for (int i = 1; i <= 3; i++) {
+        C.cut[lone][i] = false;
+        C.cut[i][lone] = false;
+    }
+    tick_all(30);
+    cr_assert_eq(leader_of(lone), l);
+    for (int i = 1; i <= 3; i++) { /* cut off again: back to one timeout */
+        C.cut[lone][i] = true;
+        C.cut[i][lone] = true;
+    }
+    uint32_t cut_at = C.ticks;
+    first = t->n_probes;
+    tick_all(25);
+    cr_assert_gt(t->n_probes, first);
+    cr_assert_lt(t->probe_ticks[first] - cut_at, 20u);
+    cluster_fini();
+}
+
+/* The values a leader has in flight (proposed, not yet chosen) stay within
+ * window_bytes plus one batch, however many slots the window allows: a
+ * candidate must be told all of them in one PROMISE, and an acceptor holding
+ * more than PX_MSG_PROMISE_BYTES_MAX refuses every candidate as behind. */
+Test(px, values_in_flight_stay_within_the_byte_window)
+{
+    cluster_init_with(3, 64, 1);
+    C.window_bytes = 1 << 20;
+    for (int i = 1; i <= 3; i++) { /* reboot with the byte window */
+        node_crash(i);
+        node_boot(i);
+    }
+    int l = elect();
+    C.drop_type = PX_MSG_ACCEPTED; /* nothing is chosen meanwhile */
+    static char big[100000];
+    uint64_t commit0 = commit_of(l);
+    for (int k = 0; k < 40; k++) {
+        memset(big, 'a' + k % 26, sizeof big - 1);
+        uint64_t seq;
+        cr_assert_eq(px_propose(C.nodes[l].px, big, sizeof big, &seq), 0);
+        drain(l);
+    }
+    stabilize();
+    struct px_status st;
+    px_status(C.nodes[l].px, &st);
+    cr_assert_leq(st.log_last - commit0, 11, "%llu slots in flight",
+                  (unsigned long long)(st.log_last - commit0));
+    C.drop_type = 0;
+    tick_all(200);
+    for (int i = 1; i <= 3; i++)
+        cr_assert_geq(commit_of(i), commit0 + 40, "node %d: everything chosen in the end", i);
+    cluster_fini();
+}
+
 Test(px, lost_accepts_are_retransmitted)
 {
     cluster_init(3);
@@ -405,6 +510,29 @@ Test(px, lost_accepts_are_retransmitted)
     tick_all(5);
     for (int i = 1; i <= 3; i++)
         cr_assert_str_eq(C.nodes[i].applied[1], "retry");
+    cluster_fini();
+}
+
+/* A retransmitted accept that a follower already holds at the same ballot
+ * is acknowledged again but not persisted again: with values of megabytes,
+ * re-writing each retransmission to the WAL slowed the follower further, so
+ * its acks came later still and more retransmissions followed. */
+Test(px, a_retransmitted_accept_is_acknowledged_not_persisted_again)
+{
+    cluster_init(3);
+    int l = elect();
+    C.drop_type = PX_MSG_ACCEPTED; /* the leader never hears an ack: it retransmits */
+    propose_str(l, "once");
+    stabilize();
+    tick_all(8); /* several retransmissions, fewer ticks than a step-down takes */
+    cr_assert_eq(role_of(l), PX_LEADER);
+    for (int i = 1; i <= 3; i++)
+        cr_assert_eq(C.nodes[i].persist_count[1], 1, "node %d persisted slot 1 %u times", i,
+                     C.nodes[i].persist_count[1]);
+    C.drop_type = 0;
+    tick_all(10);
+    for (int i = 1; i <= 3; i++)
+        cr_assert_str_eq(C.nodes[i].applied[1], "once");
     cluster_fini();
 }
 
