@@ -31,9 +31,10 @@
 #                   `env VAR=1` is fine: env execs, the PID stays the daemon's)
 #   OPTS            per node (index 1..3), unquoted words added to the mount
 #                   command; or a node_opts of its own
-#   FAIL_LOG_LINES  optional: when a check failed (or KEEP_LOGS=1), the EXIT
-#                   trap prints this many last lines of each daemon's log
-#                   (default 0: the sanitizer reports only)
+#   FAIL_LOG_LINES  optional, or from the environment: when a check failed
+#                   (or KEEP_LOGS=1), the EXIT trap prints this many last
+#                   lines of each daemon's log (default 0: the sanitizer
+#                   reports only)
 # and appends to BG the PIDs of other background jobs it starts (writers),
 # which the EXIT trap kills.
 #
@@ -47,7 +48,7 @@ declare -a PIDS=(0 0 0 0) # the daemon of node K, 0 when none
 declare -a BG=()          # other background jobs, killed on exit
 n=0                       # TAP checks so far
 failed=0                  # of which failed
-FAIL_LOG_LINES=0          # log lines per daemon that cleanup shows after a failure
+FAIL_LOG_LINES=${FAIL_LOG_LINES:-0} # log lines per daemon that cleanup shows after a failure
 
 skip_all() {
     echo "1..0 # SKIP $1"
