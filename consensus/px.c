@@ -1467,7 +1467,6 @@ static int step_leader(struct px_node *n, const struct px_msg *m)
     case PX_MSG_ACCEPTED:
         if (m->ballot != n->ballot)
             return 0;
-        n->peer_heard[m->from] = n->now;
         for (uint32_t i = 0; i < m->n_entries; i++) {
             struct slot_rec *r = rec_get(n, m->entries[i].slot);
             if (!r || r->ballot != n->ballot || m->entries[i].slot <= n->commit)
@@ -1482,7 +1481,6 @@ static int step_leader(struct px_node *n, const struct px_msg *m)
     case PX_MSG_HEARTBEAT_ACK:
         if (m->ballot != n->ballot)
             return 0;
-        n->peer_heard[m->from] = n->now;
         n->peer_hb_acked[m->from] = MAX(n->peer_hb_acked[m->from], m->aux);
         lease_extend(n, m->from, m->aux);
         leader_reads_progress(n);
@@ -1657,6 +1655,10 @@ int px_step(struct px_node *n, const struct px_msg *m)
     if (m->to != n->cfg.id || !is_peer(n, m->from) || m->type < 1 || m->type > PX_MSG_TYPE_MAX)
         return -EINVAL;
     n->max_seen = MAX(n->max_seen, m->ballot);
+    /* Any message shows the peer alive and connected (the leader's
+     * step-down counts this): a follower's acks can wait in its stream
+     * behind megabytes of forwarded proposals. */
+    n->peer_heard[m->from] = n->now;
     switch (m->type) {
     case PX_MSG_PREPARE:
         on_prepare(n, m);

@@ -31,10 +31,10 @@
  *
  *            election timeout              quorum of promises
  *   FOLLOWER ────────────────▶ CANDIDATE ─────────────────────▶ LEADER
- *      ▲  ▲    higher ballot seen │  ▲ timeout: new ballot         │
- *      │  └───────────────────────┘  └──────┘                      │
+ *      ▲  ▲    higher ballot seen │  ▲ timeout (doubling, up to   │
+ *      │  └───────────────────────┘  └──────┘ 8x): new ballot      │
  *      └─────────── higher ballot seen, or no quorum heard ────────┘
- *                   for an election timeout (step down)
+ *                   for two election timeouts (step down)
  *
  * Invariants (Paxos Made Simple §2; checked by the simulator in tests/):
  *   P1  an acceptor accepts (b, v) at a slot only if it has not promised a
