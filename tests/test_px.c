@@ -219,6 +219,15 @@ static uint64_t commit_of(int id)
     return st.commit;
 }
 
+/* Cuts node id off from every node, both ways (cut false: joins it again). */
+static void isolate(int id, bool cut)
+{
+    for (int i = 1; i <= C.n; i++) {
+        C.cut[id][i] = cut;
+        C.cut[i][id] = cut;
+    }
+}
+
 /* Ticks until some node leads and every live node follows it. */
 static int elect(void)
 {
@@ -368,16 +377,10 @@ Test(px, returning_partitioned_node_does_not_depose_a_healthy_leader)
     cluster_init(3);
     int l = elect();
     int lone = l % 3 + 1;
-    for (int i = 1; i <= 3; i++) {
-        C.cut[lone][i] = true;
-        C.cut[i][lone] = true;
-    }
+    isolate(lone, true);
     tick_all(100); /* the lone node times out again and again */
     cr_assert_neq(role_of(lone), PX_LEADER);
-    for (int i = 1; i <= 3; i++) {
-        C.cut[lone][i] = false;
-        C.cut[i][lone] = false;
-    }
+    isolate(lone, false);
     tick_all(30);
     cr_assert_eq(role_of(l), PX_LEADER, "the leader kept its place");
     cr_assert_eq(leader_of(lone), l, "the returning node follows it");
@@ -388,10 +391,7 @@ Test(px, leader_that_cannot_hear_a_quorum_steps_down)
 {
     cluster_init(3);
     int l = elect();
-    for (int i = 1; i <= 3; i++) {
-        C.cut[l][i] = true;
-        C.cut[i][l] = true;
-    }
+    isolate(l, true);
     tick_all(40);
     cr_assert_neq(role_of(l), PX_LEADER);
     int others[2], k = 0;
@@ -450,10 +450,7 @@ Test(px, failed_elections_back_off_exponentially_and_reset_on_a_leader)
     cluster_init(3);
     int l = elect();
     int lone = l % 3 + 1;
-    for (int i = 1; i <= 3; i++) {
-        C.cut[lone][i] = true;
-        C.cut[i][lone] = true;
-    }
+    isolate(lone, true);
     int first = C.nodes[lone].n_probes;
     tick_all(400);
     struct tnode *t = &C.nodes[lone];
@@ -465,16 +462,10 @@ Test(px, failed_elections_back_off_exponentially_and_reset_on_a_leader)
         cr_assert(gap >= 10 * scale && gap < 20 * scale, "probe %d came %u ticks after the one before",
                   k + 1, gap);
     }
-    for (int i = 1; i <= 3; i++) {
-        C.cut[lone][i] = false;
-        C.cut[i][lone] = false;
-    }
+    isolate(lone, false);
     tick_all(30);
     cr_assert_eq(leader_of(lone), l);
-    for (int i = 1; i <= 3; i++) { /* cut off again: back to one timeout */
-        C.cut[lone][i] = true;
-        C.cut[i][lone] = true;
-    }
+    isolate(lone, true); /* cut off again: back to one timeout */
     uint32_t cut_at = C.ticks;
     first = t->n_probes;
     tick_all(25);
