@@ -223,9 +223,16 @@ static struct wb_ext *take_buffered(struct wb_inode *s)
 static void finish(struct wb *w, struct wb_ext *e, int rc);
 
 /* Proposes e, in flight, with w->lock released meanwhile (held on entry and
- * on return), then finishes it. */
+ * on return), then finishes it. When its inode already has an error, e
+ * fails with it unproposed: that error reaches the next fsync anyway
+ * (invariant 3), and with a lost quorum each proposal would first wait out
+ * op_timeout. */
 static void propose_unlocked(struct wb *w, struct wb_ext *e)
 {
+    if (e->inode->error) {
+        finish(w, e, e->inode->error);
+        return;
+    }
     struct wb_extent_view v = {e->inode->ino, e->offset, e->data, e->len, e->uid, e->gid};
     pthread_mutex_unlock(&w->lock);
     int rc = w->cfg.propose(w->cfg.ctx, &v);

@@ -27,7 +27,8 @@
  *     bytes_max (a write waits for room), and each in-flight extent is at
  *     most chunk_bytes plus one block.
  *  3. The first error of an inode's proposals is kept until wb_sync
- *     returns it; until then every wb_write to the inode fails with it.
+ *     returns it; until then every wb_write to the inode fails with it,
+ *     and so do its extents already taken, without being proposed.
  *     An error is never dropped: it reaches the next fsync or close.
  *
  * All functions are thread-safe. */
