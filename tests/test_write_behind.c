@@ -29,7 +29,8 @@ struct fake {
     } inflight[INFLIGHT_MAX];
     unsigned delay_us_max; /* each proposal sleeps a random 0..max */
     uint64_t fail_ino;     /* proposals for it fail with -EIO; 0: none */
-    unsigned fail_after_us; /* ... after this long (a lost quorum's op_timeout) */
+    bool hold_failures;    /* ... once the test clears this (a lost quorum's op_timeout) */
+    pthread_cond_t released;
     size_t failed;         /* proposals that failed */
     struct prng rng;
     struct wb *w;
@@ -79,9 +80,8 @@ static int fake_propose(void *ctx, const struct wb_extent_view *e)
     pthread_mutex_lock(&f->lock);
     int rc = 0;
     if (e->ino == f->fail_ino) {
-        pthread_mutex_unlock(&f->lock);
-        usleep(f->fail_after_us);
-        pthread_mutex_lock(&f->lock);
+        while (f->hold_failures)
+            pthread_cond_wait(&f->released, &f->lock);
         rc = -EIO;
         f->failed++;
     } else {
@@ -103,6 +103,7 @@ static void fake_init(void)
 {
     memset(&fk, 0, sizeof fk);
     pthread_mutex_init(&fk.lock, NULL);
+    pthread_cond_init(&fk.released, NULL);
     prng_seed(&fk.rng, 42);
 }
 
@@ -218,15 +219,16 @@ Test(write_behind, after_a_failure_the_inodes_queued_extents_fail_without_a_prop
 {
     struct wb *w = open_wb(4096, 16384, 1 << 20, 1000, 1);
     fk.fail_ino = 7;
-    fk.fail_after_us = 200000;
+    fk.hold_failures = true;
     uint8_t b[16384];
     memset(b, 'q', sizeof b);
-    int taken = 0;
     for (int k = 0; k < 16; k++) /* one chunk each: all queued behind the first */
-        if (wb_write(w, 7, (uint64_t)k * sizeof b, b, sizeof b, 0, 0) == 0)
-            taken++;
+        cr_assert_eq(wb_write(w, 7, (uint64_t)k * sizeof b, b, sizeof b, 0, 0), 0);
+    pthread_mutex_lock(&fk.lock); /* now the first proposal fails */
+    fk.hold_failures = false;
+    pthread_cond_broadcast(&fk.released);
+    pthread_mutex_unlock(&fk.lock);
     cr_assert_eq(wb_sync(w, 7), -EIO);
-    cr_assert_geq(taken, 2, "the writes came faster than one failure");
     cr_assert_eq(fk.failed, 1, "%zu proposals failed, one expected", fk.failed);
     cr_assert_eq(fk.proposals, 0);
     close_wb(w);
