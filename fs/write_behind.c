@@ -222,17 +222,25 @@ static struct wb_ext *take_buffered(struct wb_inode *s)
 
 static void finish(struct wb *w, struct wb_ext *e, int rc);
 
+/* Whether e, in flight, is not to be proposed: when its inode already has
+ * an error, e fails with it unproposed (finished here). That error reaches
+ * the next fsync anyway (invariant 3), and with a lost quorum each proposal
+ * would first wait out op_timeout. Every path that proposes an extent asks
+ * this first. */
+static bool failed_unproposed(struct wb *w, struct wb_ext *e)
+{
+    if (!e->inode->error)
+        return false;
+    finish(w, e, e->inode->error);
+    return true;
+}
+
 /* Proposes e, in flight, with w->lock released meanwhile (held on entry and
- * on return), then finishes it. When its inode already has an error, e
- * fails with it unproposed: that error reaches the next fsync anyway
- * (invariant 3), and with a lost quorum each proposal would first wait out
- * op_timeout. */
+ * on return), then finishes it. */
 static void propose_unlocked(struct wb *w, struct wb_ext *e)
 {
-    if (e->inode->error) {
-        finish(w, e, e->inode->error);
+    if (failed_unproposed(w, e))
         return;
-    }
     struct wb_extent_view v = {e->inode->ino, e->offset, e->data, e->len, e->uid, e->gid};
     pthread_mutex_unlock(&w->lock);
     int rc = w->cfg.propose(w->cfg.ctx, &v);
@@ -492,6 +500,8 @@ int64_t wb_carry(struct wb *w, uint64_t ino, wb_carry_fn fn, void *arg)
             while (s->inflight)
                 wait_done(w, s);
             e = take_buffered(s); /* proposed by fn, not by a worker */
+            if (e && failed_unproposed(w, e))
+                e = NULL; /* the request alone */
             if (!e)
                 inode_put(w, s);
         }

@@ -86,8 +86,10 @@ int wb_sync(struct wb *w, uint64_t ino);
 
 /* Proposes e together with the caller's own request, in one log entry where
  * possible, and returns the request's result; sets *write_rc to e's: 0 or
- * a negative errno. e is NULL when there is nothing to carry: then the
- * request alone. Called on wb_carry's caller's thread. */
+ * a negative errno. e is NULL when there is nothing to carry, or when the
+ * file's earlier proposal failed (invariant 3: the buffered extent then
+ * fails unproposed): then the request alone. Called on wb_carry's caller's
+ * thread. */
 typedef int64_t (*wb_carry_fn)(void *arg, const struct wb_extent_view *e, int *write_rc);
 /* wb_drain for a request that changes ino and must follow this host's
  * writes of it (a setattr): waits until none of ino's extents is in flight,

@@ -373,6 +373,33 @@ Test(write_behind, carry_hands_over_the_buffered_extent_after_the_inflight_ones)
     close_wb(w);
 }
 
+/* The same rule when a setattr would carry the buffered extent: after the
+ * file's earlier proposal failed, the extent fails unproposed and the
+ * setattr goes alone. */
+Test(write_behind, after_a_failure_a_buffered_extent_is_not_carried)
+{
+    struct wb *w = open_wb(4096, 16384, 1 << 20, 10000, 2);
+    fk.fail_ino = 7;
+    fk.hold_failures = true;
+    static uint8_t b[16384 + 100];
+    memset(b, 'c', sizeof b);
+    /* A whole chunk goes in flight (and fails once released); the 100 bytes
+     * after it stay buffered. */
+    cr_assert_eq(wb_write(w, 7, 0, b, sizeof b, 0, 0), 0);
+    pthread_mutex_lock(&fk.lock);
+    fk.hold_failures = false;
+    pthread_cond_broadcast(&fk.released);
+    pthread_mutex_unlock(&fk.lock);
+    struct carry_arg c = {.request_rc = 0};
+    cr_assert_eq(wb_carry(w, 7, fake_carry, &c), 0, "the request's own result");
+    cr_assert(c.called);
+    cr_assert_not(c.had_extent, "the buffered extent was carried after the failure");
+    cr_assert_eq(fk.failed, 1, "%zu proposals failed, one expected", fk.failed);
+    cr_assert_eq(wb_sync(w, 7), -EIO);
+    cr_assert_not(wb_pending(w, 7));
+    close_wb(w);
+}
+
 Test(write_behind, a_carried_extent_that_fails_is_kept_for_sync)
 {
     struct wb *w = open_wb(4096, 16384, 1 << 20, 10000, 2);
