@@ -220,7 +220,7 @@ static struct wb_ext *take_buffered(struct wb_inode *s)
     return e;
 }
 
-static void finish(struct wb *w, struct wb_ext *e, int rc);
+static void finish(struct wb *w, struct wb_ext *e, int rc, bool proposed);
 
 /* Whether e, in flight, is not to be proposed: when its inode already has
  * an error, e fails with it unproposed (finished here). That error reaches
@@ -231,7 +231,7 @@ static bool failed_unproposed(struct wb *w, struct wb_ext *e)
 {
     if (!e->inode->error)
         return false;
-    finish(w, e, e->inode->error);
+    finish(w, e, e->inode->error, false);
     return true;
 }
 
@@ -245,7 +245,7 @@ static void propose_unlocked(struct wb *w, struct wb_ext *e)
     pthread_mutex_unlock(&w->lock);
     int rc = w->cfg.propose(w->cfg.ctx, &v);
     pthread_mutex_lock(&w->lock);
-    finish(w, e, rc);
+    finish(w, e, rc, true);
 }
 
 /* ---- workers ------------------------------------------------------------- */
@@ -257,7 +257,9 @@ static void timed_wait(pthread_cond_t *c, pthread_mutex_t *m, unsigned ms)
     pthread_cond_timedwait(c, m, &ts);
 }
 
-static void finish(struct wb *w, struct wb_ext *e, int rc)
+/* Ends e's flight with rc (0 or a negative errno); proposed says whether it
+ * was proposed at all, for the stats. */
+static void finish(struct wb *w, struct wb_ext *e, int rc, bool proposed)
 {
     struct wb_inode *s = e->inode;
     struct wb_ext **pp = &s->inflight;
@@ -265,7 +267,8 @@ static void finish(struct wb *w, struct wb_ext *e, int rc)
         pp = &(*pp)->next_inflight;
     *pp = e->next_inflight;
     w->bytes -= e->len;
-    w->stats.proposals++;
+    if (proposed)
+        w->stats.proposals++;
     if (rc < 0) {
         w->stats.errors++;
         if (s->error == 0)
@@ -513,7 +516,7 @@ int64_t wb_carry(struct wb *w, uint64_t ino, wb_carry_fn fn, void *arg)
     struct wb_extent_view v = {ino, e->offset, e->data, e->len, e->uid, e->gid};
     int64_t rc = fn(arg, &v, &write_rc);
     pthread_mutex_lock(&w->lock);
-    finish(w, e, write_rc);
+    finish(w, e, write_rc, true);
     pthread_mutex_unlock(&w->lock);
     return rc;
 }

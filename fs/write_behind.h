@@ -105,7 +105,8 @@ bool wb_pending(struct wb *w, uint64_t ino);
 struct wb_stats {
     uint64_t writes;      /* wb_write calls that took bytes */
     uint64_t proposals;   /* extents proposed */
-    uint64_t errors;      /* extents whose proposal failed */
+    uint64_t errors;      /* extents that failed: proposed, or failed unproposed after an
+                             earlier error of their file (invariant 3) */
     uint64_t bytes_pending; /* buffered + in flight now */
 };
 void wb_stats(struct wb *w, struct wb_stats *out);

@@ -231,6 +231,10 @@ Test(write_behind, after_a_failure_the_inodes_queued_extents_fail_without_a_prop
     cr_assert_eq(wb_sync(w, 7), -EIO);
     cr_assert_eq(fk.failed, 1, "%zu proposals failed, one expected", fk.failed);
     cr_assert_eq(fk.proposals, 0);
+    struct wb_stats st;
+    wb_stats(w, &st);
+    cr_assert_eq(st.proposals, 1, "only the first was proposed");
+    cr_assert_eq(st.errors, 16, "and all 16 failed");
     close_wb(w);
 }
 
